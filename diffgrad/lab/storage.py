@@ -1,0 +1,104 @@
+"""The results database: Optuna studies in any SQLAlchemy URL, and the record each trial carries.
+
+The runner writes one :class:`RunRecord` per finished training run into its trial's user
+attributes (key ``"record"``), and one :class:`StudyInfo` into its study's user attributes (key
+``"info"``). Reports read only these, through :func:`load_records`, so every number in a report
+can be traced back to one trial of one study.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+RECORD_KEY = "record"
+INFO_KEY = "info"
+
+
+@dataclass
+class StudyInfo:
+    """What one study measures: one (workload, optimizer, protocol) cell."""
+
+    workload: str
+    optimizer: str
+    protocol: str  # "paper" (fixed hyper-parameters) or "tuned" (equal-budget search)
+    metric_name: str
+    higher_is_better: bool
+    target: float
+    steps: int
+    batch_size: int
+    eval_every: int
+    workload_options: dict[str, Any] = field(default_factory=dict)
+    search_space: dict[str, Any] = field(default_factory=dict)
+    tag: str = ""  # free label that groups studies of one experiment (e.g. "table1/bs32")
+
+
+@dataclass
+class RunRecord:
+    """One training run: its settings, learning curve and final scores."""
+
+    study: str
+    workload: str
+    optimizer: str
+    protocol: str
+    phase: str  # "tune": scored on val for selection; "final": the chosen setting, scored on test
+    trial_number: int
+    seed: int
+    hparams: dict[str, float]
+    steps: list[int]  # evaluation points (optimizer steps taken)
+    val_metric: list[float]
+    val_loss: list[float]
+    train_loss: list[float]  # mean training loss since the previous evaluation
+    wall_time: list[float]  # seconds since the run started, at each evaluation
+    final_val_metric: float
+    test_metric: float | None
+    test_loss: float | None
+    steps_to_target: int | None
+    time_to_target: float | None
+    total_wall_time: float
+    diverged: bool
+    tag: str = ""
+    workload_options: dict[str, Any] = field(default_factory=dict)
+
+    def to_attr(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_attr(cls, attr: dict[str, Any]) -> RunRecord:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in attr.items() if k in names})
+
+
+def default_storage_url(out_dir: str | Path) -> str:
+    """The default database: an SQLite file ``results.db`` inside the output folder."""
+    path = Path(out_dir).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path / 'results.db'}"
+
+
+def load_records(storage_url: str) -> list[RunRecord]:
+    """Every finished run in the database, in study then trial order."""
+    import optuna
+
+    storage = optuna.storages.RDBStorage(storage_url)
+    records: list[RunRecord] = []
+    for summary in sorted(optuna.get_all_study_summaries(storage), key=lambda s: s.study_name):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            if RECORD_KEY in trial.user_attrs:
+                records.append(RunRecord.from_attr(trial.user_attrs[RECORD_KEY]))
+    return records
+
+
+def load_study_infos(storage_url: str) -> dict[str, StudyInfo]:
+    """Each study's :class:`StudyInfo`, by study name."""
+    import optuna
+
+    storage = optuna.storages.RDBStorage(storage_url)
+    infos = {}
+    for summary in optuna.get_all_study_summaries(storage):
+        if INFO_KEY in summary.user_attrs:
+            infos[summary.study_name] = StudyInfo(**summary.user_attrs[INFO_KEY])
+    return infos
