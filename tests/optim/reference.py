@@ -1,0 +1,97 @@
+"""An independent reference of the paper's equations: plain Python floats, one element at a time.
+
+It shares no code with the package, so agreement with it is evidence, not tautology.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+
+
+def friction(name: str, delta: float, mu: float, nu: float) -> float:
+    """ξ for Δg = g_{t-1} − g_t (paper Eq. 19 and Table II)."""
+    if name == "dfc":
+        return _sigmoid(abs(delta))
+    if name == "dfc1":
+        return _sigmoid(delta)
+    if name == "dfc2":
+        return 9.0 / (1.0 + math.exp(-0.5 * abs(delta))) - 4.0
+    if name == "dfc3":
+        return _sigmoid(nu * abs(delta) - mu)
+    if name == "dfc4":
+        return _sigmoid(nu**2 * abs(delta) - mu)
+    if name == "dfc5":
+        return _sigmoid(math.sqrt(nu) * abs(delta) - mu)
+    raise ValueError(name)
+
+
+@dataclass
+class RefState:
+    step: int = 0
+    m: list[float] = field(default_factory=list)
+    v: list[float] = field(default_factory=list)
+    g_prev: list[float] = field(default_factory=list)
+    v_max: list[float] = field(default_factory=list)
+
+
+def reference_step(
+    theta: list[float],
+    grad: list[float],
+    st: RefState,
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float = 0.0,
+    decoupled: bool = False,
+    amsgrad: bool = False,
+    maximize: bool = False,
+    friction_name: str = "dfc",
+) -> list[float]:
+    """One diffGrad step (Eq. 11–20) on a flat list of parameter values; returns the new values."""
+    n = len(theta)
+    if st.step == 0:
+        st.m, st.v, st.g_prev, st.v_max = [0.0] * n, [0.0] * n, [0.0] * n, [0.0] * n
+    st.step += 1
+    t = st.step
+    g = [-x for x in grad] if maximize else list(grad)
+    theta = list(theta)
+    if weight_decay:
+        if decoupled:
+            theta = [p * (1.0 - lr * weight_decay) for p in theta]
+        else:
+            g = [gi + weight_decay * p for gi, p in zip(g, theta)]
+    mu = sum(abs(x) for x in g) / n
+    nu = math.sqrt(sum((abs(x) - mu) ** 2 for x in g) / n)
+    out = []
+    for i in range(n):
+        st.m[i] = beta1 * st.m[i] + (1 - beta1) * g[i]
+        st.v[i] = beta2 * st.v[i] + (1 - beta2) * g[i] * g[i]
+        st.v_max[i] = max(st.v_max[i], st.v[i])
+        m_hat = st.m[i] / (1 - beta1**t)
+        v_hat = (st.v_max[i] if amsgrad else st.v[i]) / (1 - beta2**t)
+        xi = friction(friction_name, st.g_prev[i] - g[i], mu, nu)
+        st.g_prev[i] = g[i]
+        out.append(theta[i] - lr * xi * m_hat / (math.sqrt(v_hat) + eps))
+    return out
+
+
+def adam_step(theta: list[float], grad: list[float], st: RefState, *, lr, beta1, beta2, eps) -> list[float]:
+    """Plain Adam, for the paper's comparison on the 1-D functions."""
+    n = len(theta)
+    if st.step == 0:
+        st.m, st.v = [0.0] * n, [0.0] * n
+    st.step += 1
+    t = st.step
+    out = []
+    for i in range(n):
+        st.m[i] = beta1 * st.m[i] + (1 - beta1) * grad[i]
+        st.v[i] = beta2 * st.v[i] + (1 - beta2) * grad[i] ** 2
+        out.append(theta[i] - lr * (st.m[i] / (1 - beta1**t)) / (math.sqrt(st.v[i] / (1 - beta2**t)) + eps))
+    return out
