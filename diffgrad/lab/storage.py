@@ -33,6 +33,10 @@ class StudyInfo:
     workload_options: dict[str, Any] = field(default_factory=dict)
     search_space: dict[str, Any] = field(default_factory=dict)
     tag: str = ""  # free label that groups studies of one experiment (e.g. "table1/bs32")
+    schedule: str = "constant"  # learning-rate schedule, the same for every optimizer
+    tuning_budget: int = 0  # "tune" trials of the tuned protocol (0 for "paper")
+    seeds: list[int] = field(default_factory=list)  # seeds of the "final" runs
+    hparams: dict[str, Any] = field(default_factory=dict)  # fixed hyper-parameters (search space on top)
 
 
 @dataclass
