@@ -239,7 +239,7 @@ def overview_sections(results: Results, storage_url: str | None = None) -> list[
     n_tune = sum(len(c.tune) for c in cells)
     lines = []
     if storage_url is not None:
-        lines.append(f"Database: `{_redact(storage_url)}`.")
+        lines.append(f"Database: `{redact_url(storage_url)}`.")
     lines.append(f"{len(cells)} studies on {len({p.workload for p in results.problems})} workloads; "
                  f"{n_final} final runs and {n_tune} tuning runs.")
     method = [
@@ -440,7 +440,7 @@ def build_sections(results: Results, plot_dir: str | Path, *, storage_url: str |
     ]
 
 
-def _redact(storage_url: str) -> str:
+def redact_url(storage_url: str) -> str:
     """The URL without its password, so a report never leaks database credentials."""
     from sqlalchemy.engine import make_url
 
