@@ -7,6 +7,7 @@ import abc
 import functools
 import itertools
 import math
+import numbers
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import ClassVar
@@ -42,8 +43,14 @@ def epochs_to_steps(epochs: int, train_size: int, batch_size: int) -> int:
     return epochs * math.ceil(train_size / batch_size)
 
 
+def is_int(value: object) -> bool:
+    """An integer (NumPy's too, as samplers hand out), but not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def check_batch_size(batch_size: int, train_size: int) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= train_size:
+    """Raise ValueError unless ``batch_size`` is an int in [1, ``train_size``]."""
+    if not is_int(batch_size) or not 1 <= batch_size <= train_size:
         raise ValueError(f"batch_size must be an int in [1, {train_size}], got {batch_size!r}")
 
 

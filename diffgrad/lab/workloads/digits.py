@@ -33,7 +33,9 @@ class DigitsCNN(ClassificationWorkload):
 
     name = "digits-cnn"
     description = "sklearn 8x8 digits (1197/300/300), 2-layer CNN; seconds on a CPU"
-    target = 0.96
+    # Measured on one CPU core: the budget trains in ~1 s (+1 s loading scikit-learn); Adam at
+    # lr 3e-3 passes 0.97 by step 100-150 and ends at 0.98-0.99 (3 seeds), at lr 1e-3 by step ~200.
+    target = 0.97
     default_budget = Budget(steps=300, batch_size=32, eval_every=50)
 
     def load_splits(self) -> dict[str, tuple[Tensor, Tensor]]:

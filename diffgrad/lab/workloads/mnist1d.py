@@ -53,8 +53,10 @@ class MNIST1DCNN(_MNIST1D):
 
     name = "mnist1d-cnn"
     description = "MNIST-1D (3500/500/1000, generated offline), 3-layer 1-D CNN; seconds on a CPU"
-    target = 0.0
-    default_budget = Budget(steps=0, batch_size=0, eval_every=0)
+    # Measured on one CPU core: ~5.5 s (+2.3 s generating the data once per process); Adam at
+    # lr 1e-2 passes 0.90 by step 400-600 and ends at 0.93-0.96, at lr 3e-3 by step ~1100.
+    target = 0.90
+    default_budget = Budget(steps=1500, batch_size=64, eval_every=100)
 
     def build_model(self) -> nn.Module:
         return nn.Sequential(
@@ -74,8 +76,10 @@ class MNIST1DMLP(_MNIST1D):
 
     name = "mnist1d-mlp"
     description = "MNIST-1D (3500/500/1000, generated offline), MLP 40-100-100-10; seconds on a CPU"
-    target = 0.0
-    default_budget = Budget(steps=0, batch_size=0, eval_every=0)
+    # Measured on one CPU core: ~2 s; the MLP overfits and its val accuracy plateaus at 0.60-0.64;
+    # Adam at lr 1e-2 passes 0.58 by step ~600, at lr 3e-3 by step 600-1200.
+    target = 0.58
+    default_budget = Budget(steps=2000, batch_size=64, eval_every=100)
 
     def build_model(self) -> nn.Module:
         return nn.Sequential(
