@@ -190,10 +190,7 @@ def _run_compare(args: argparse.Namespace) -> int:
     from diffgrad.lab import runner
 
     _configure_logging(quiet=args.quiet)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    _set_threads(args.threads)
     given = {"heartbeat_interval": args.heartbeat_interval, "grace_period": args.grace_period}
     try:
         studies = runner.compare(
@@ -212,6 +209,13 @@ def _run_compare(args: argparse.Namespace) -> int:
         title = f"{args.workload}: {', '.join(args.optimizers)} ({args.protocol})"
         _render(url, args.out, title=title, tag=args.tag or None)
     return 0
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def _render(url: str, out: str, *, title: str | None, tag: str | None) -> None:
@@ -255,9 +259,55 @@ def _run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------ reproduce
+
+
+def _add_reproduce(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "reproduce", help="rerun the paper's experiments and write one report",
+        description=(
+            "Rerun the diffGrad paper's experiments (1-D functions, regret, Tables I-III) and a fair tuned "
+            "comparison, and write report.md/report.html with plots and a verdict generated from the numbers. "
+            "Every training run is stored in the database; re-running resumes and never recomputes a finished run."
+        ),
+    )
+    parser.add_argument("--quick", action="store_true",
+                        help="small budgets, one stand-in workload, fewer seeds: every section in about 5 minutes "
+                        "on 2 CPU cores (noted in the report)")
+    parser.add_argument("--data-dir", metavar="DIR",
+                        help="folder with CIFAR-10/100 in the python-pickle layout (cifar-10-batches-py, "
+                        "cifar-100-python): Tables I-III then run the real ResNet-50 protocol instead of offline "
+                        "stand-ins (needs a GPU in practice)")
+    parser.add_argument("--out", default="results", metavar="DIR",
+                        help="output folder for the report, plots and default database (default: %(default)s)")
+    parser.add_argument("--storage", metavar="URL", help="SQLAlchemy database URL (default: OUT/results.db)")
+    parser.add_argument("--device", default="cpu", help="torch device to train on (default: %(default)s)")
+    parser.add_argument("--threads", type=_positive, metavar="N",
+                        help="torch CPU threads (default: 1, fastest for the small offline workloads and the "
+                        "same numbers on every machine)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or progress messages")
+    parser.set_defaults(handler=_run_reproduce)
+
+
+def _run_reproduce(args: argparse.Namespace) -> int:
+    from diffgrad.lab.reproduce import reproduce
+    from diffgrad.lab.runner import ConfigError
+
+    _configure_logging(quiet=args.quiet)
+    _set_threads(args.threads or 1)
+    try:
+        report = reproduce(quick=args.quick, data_dir=args.data_dir, out_dir=args.out, storage=args.storage,
+                           device=args.device, progress=not args.quiet)
+    except ConfigError as error:
+        raise UsageError(str(error)) from error
+    print(f"database: {args.storage or _storage_url(args)}")
+    print(f"report: {report} (and {report.with_suffix('.html')})")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------- main
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_list, _add_compare, _add_report]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_list, _add_compare, _add_report, _add_reproduce]
 
 
 def build_parser() -> argparse.ArgumentParser:

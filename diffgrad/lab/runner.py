@@ -165,7 +165,7 @@ def plan_study(
     override the workload's default budget.
     """
     options = dict(workload_options or {})
-    workload = _build_workload(workload, options)
+    workload = build_workload(workload, options)
     if protocol not in PROTOCOLS:
         raise ConfigError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
     if schedule not in SCHEDULES:
@@ -221,11 +221,13 @@ def plan_compare(
     duplicates = sorted({name for name in optimizers if list(optimizers).count(name) > 1})
     if duplicates:
         raise ConfigError(f"optimizer(s) given twice: {', '.join(duplicates)}")
-    built = _build_workload(workload, dict(workload_options or {}))
+    built = build_workload(workload, dict(workload_options or {}))
     return [plan_study(built, name, workload_options=workload_options, **options) for name in optimizers]
 
 
-def _build_workload(workload: str | Workload, options: dict[str, Any]) -> Workload:
+def build_workload(workload: str | Workload, options: dict[str, Any]) -> Workload:
+    """``workload`` itself, or the registered workload of that name built with ``options``;
+    unknown names, bad options and missing data raise :class:`ConfigError`."""
     if isinstance(workload, Workload):
         return workload
     from diffgrad.lab.workloads import get_workload

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 optuna = pytest.importorskip("optuna")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -177,25 +178,16 @@ def _assert_png(path: Path) -> None:
 
 
 def test_plot_trajectories_1d_and_2d(tmp_path: Path) -> None:
-    def f1(x):  # noqa: ANN001, ANN202 - numpy-vectorised piecewise function
-        return np.where(x <= 0, (x + 0.3) ** 2, (x - 0.2) ** 2 + 0.05)
+    from diffgrad.lab.workloads.analytic import FUNCTIONS
 
-    def branchy(x):  # noqa: ANN001, ANN202 - scalars only (Python if)
-        return (x + 0.3) ** 2 if x <= 0 else (x - 0.2) ** 2 + 0.05
+    f1, rosenbrock = FUNCTIONS["F1"].f, FUNCTIONS["rosenbrock"].f
+    xs = torch.linspace(-1, -0.3, 50, dtype=torch.float64)[:, None]
+    curves = {"adam": (xs.numpy(), f1(xs).numpy()), "diffgrad": (0.9 * xs.numpy(), f1(0.9 * xs).numpy())}
+    _assert_png(plots.plot_trajectories("F1", curves, tmp_path / "t1.png", fn=f1))
 
-    xs = np.linspace(-1, -0.3, 50)
-    curves = {"adam": (xs, f1(xs)), "diffgrad": (xs[:, None] * 0.9, f1(xs * 0.9))}
-    for fn in (f1, branchy):  # numpy-vectorised, and scalar-only (falls back to one call per point)
-        _assert_png(plots.plot_trajectories("F1", curves, tmp_path / f"t1_{fn.__name__}.png", fn=fn))
-
-    torch = pytest.importorskip("torch")
-
-    def rosenbrock(p):  # noqa: ANN001, ANN202 - torch-only function
-        return (1 - p[0]) ** 2 + 100 * torch.square(p[1] - p[0] ** 2)
-
-    path = np.stack([np.linspace(-1.5, 1, 30), np.linspace(2, 1, 30)], axis=1)
-    losses = rosenbrock(torch.as_tensor(path.T)).numpy()
-    out = plots.plot_trajectories("Rosenbrock", {"adam": (path, losses)}, tmp_path / "t2.png", fn=rosenbrock)
+    path = torch.stack([torch.linspace(-1.5, 1, 30), torch.linspace(2, 1, 30)], dim=1).double()
+    out = plots.plot_trajectories("Rosenbrock", {"adam": (path.numpy(), rosenbrock(path).numpy())}, tmp_path / "t2.png",
+                                  fn=rosenbrock)
     _assert_png(out)
     with pytest.raises(ValueError):
         plots.plot_trajectories("bad", {"a": (np.zeros((3, 3)), np.zeros(3))}, tmp_path / "bad.png")

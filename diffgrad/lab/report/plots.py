@@ -246,32 +246,10 @@ def _wants_log(series: Iterable[Sequence[float] | np.ndarray]) -> bool:
 
 
 def _evaluate(fn: Callable[[Any], Any], points: np.ndarray) -> np.ndarray:
-    """``fn`` on a batch of points, whether it is written for numpy, for torch, or for scalars."""
-    attempts: list[Callable[[], Any]] = [lambda: fn(points)]
-    try:
-        import torch
-    except ImportError:
-        pass
-    else:
-        attempts.append(lambda: fn(torch.as_tensor(points, dtype=torch.float64)))
+    """``fn`` on a grid of points shaped ``[..., dim]``, the convention of the lab's analytic functions."""
+    import torch
 
-    def pointwise() -> np.ndarray:
-        # Last resort for functions with Python ``if`` branches: one call per point.
-        if points.ndim == 1:
-            return np.array([float(fn(float(p))) for p in points])
-        flat = np.moveaxis(points, 0, -1).reshape(-1, points.shape[0])
-        return np.array([float(fn(p)) for p in flat]).reshape(points.shape[1:])
-
-    attempts.append(pointwise)
-    for attempt in attempts:
-        try:
-            value = attempt()
-        except (TypeError, ValueError, AttributeError, RuntimeError):
-            continue
-        if hasattr(value, "detach"):
-            value = value.detach().cpu().numpy()
-        return np.asarray(value, dtype=float)
-    raise TypeError(f"cannot evaluate {fn!r} on numpy arrays, torch tensors or scalars")
+    return fn(torch.as_tensor(points, dtype=torch.float64)).detach().cpu().numpy()
 
 
 def plot_trajectories(
@@ -286,8 +264,8 @@ def plot_trajectories(
     ``xs`` has one row per iteration: shape ``(T,)`` or ``(T, 1)`` for a 1-D function, ``(T, 2)``
     for a 2-D one. 1-D: θ and loss against iteration, plus the function with the visited points
     when ``fn`` is given. 2-D: the paths over the function's contours (when ``fn`` is given) and
-    loss against iteration. ``fn`` may be written for numpy arrays, torch tensors or scalars; a
-    2-D ``fn`` receives the points with the coordinate on the first axis (``p[0]``, ``p[1]``).
+    loss against iteration. ``fn`` maps a float64 tensor of points shaped ``[..., dim]`` to the
+    values ``[...]``, as :mod:`diffgrad.lab.workloads.analytic`'s functions do.
     """
     colors = optimizer_colors(curves)
     items = sorted(curves.items())
@@ -306,7 +284,7 @@ def plot_trajectories(
             lo, hi = visited.min(), visited.max()
             margin = 0.15 * (hi - lo) or 1.0
             grid = np.linspace(lo - margin, hi + margin, 400)
-            on_fn = [Line(fn_name, grid, _evaluate(fn, grid), color="black")]
+            on_fn = [Line(fn_name, grid, _evaluate(fn, grid[:, None]), color="black")]
             on_fn += [Line(name, p[:, 0], ys, color=colors[name], marker=".", linestyle="none")
                       for (name, (_, ys)), p in zip(items, paths.values())]
             panels.append(Panel(on_fn, "θ", fn_name, legend=False))
@@ -317,7 +295,7 @@ def plot_trajectories(
         lo, hi = visited.min(axis=0), visited.max(axis=0)
         margin = np.where(hi > lo, 0.2 * (hi - lo), 1.0)
         gx, gy = np.meshgrid(*(np.linspace(lo[i] - margin[i], hi[i] + margin[i], 160) for i in range(2)))
-        z = _evaluate(fn, np.stack([gx, gy])).reshape(gx.shape)
+        z = _evaluate(fn, np.stack([gx, gy], axis=-1))
         # Quantile levels spread the contours evenly whatever the function's range (e.g. Rosenbrock).
         levels = np.unique(np.quantile(z[np.isfinite(z)], np.linspace(0.0, 1.0, 25)))
         ax_path.contour(gx, gy, z, levels=levels, cmap="Greys", linewidths=0.6)

@@ -1,0 +1,83 @@
+"""`diffgrad reproduce`: every section from a tiny run, resume without recomputation, and a
+verdict that follows from the numbers."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from diffgrad.lab import reproduce as rp
+from diffgrad.lab.report.stats import MeanCI
+
+TINY = rp.Scale(
+    name="tiny",
+    regret_horizon=60,
+    paper_seeds=1,
+    paper_steps=4,
+    standins=(("cifar10", "digits-cnn"),),
+    fair_workloads=("digits-cnn",),
+    fair_optimizers=("adam", "diffgrad"),
+    fair_budget=1,
+    fair_seeds=1,
+    fair_steps=4,
+    notes=("tiny test scale",),
+)
+
+
+def _trial_count(out: Path) -> int:
+    with sqlite3.connect(out / "results.db") as db:
+        return db.execute("select count(*) from trials where state = 'COMPLETE'").fetchone()[0]
+
+
+@pytest.mark.slow
+def test_tiny_reproduce_has_every_section_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rp, "QUICK", TINY)
+    report = rp.reproduce(quick=True, out_dir=tmp_path, progress=False)
+    text = report.read_text()
+    for heading in ("## Verdict", "## 1. The 1-D functions", "## 2. Regret", "## 3. Table I protocol",
+                    "## 4. Friction variants", "## 5. Fair comparison"):
+        assert heading in text, heading
+    assert "offline stand-in" in text and "tiny test scale" in text
+    images = [line.rsplit("](", 1)[1].rstrip(")") for line in text.splitlines() if line.startswith("![")]
+    assert len(images) >= 10 and all((tmp_path / image).is_file() for image in images)
+    assert (tmp_path / "report.html").read_text().count("<img") == len(images)
+    # 14 Table I/II optimizers and 3 more activations, at 3 batch sizes; 2 optimizers x 2 runs tuned.
+    assert _trial_count(tmp_path) == (14 + 3) * 3 + 2 * 2
+
+    rp.reproduce(quick=True, out_dir=tmp_path, progress=False)
+    assert _trial_count(tmp_path) == (14 + 3) * 3 + 2 * 2
+    assert report.read_text() == text
+
+
+def _cells(diffgrad: float, others: float, published: float) -> dict:
+    cells = {}
+    for bs in rp.BATCH_SIZES:
+        for opt in rp.TABLE1_OPTIMIZERS:
+            cells[(opt, bs)] = MeanCI(diffgrad if opt == "diffgrad" else others, 0.0, 1)
+        cells[("diffgrad-published", bs)] = MeanCI(published, 0.0, 1)
+        cells[("adam-half-lr", bs)] = MeanCI(published, 0.0, 1)
+    return cells
+
+
+def test_table1_verdict_follows_the_numbers() -> None:
+    ds = rp.PaperDataset("cifar10", "digits-cnn", {}, True)
+    held, effect = rp._table1_claims(ds, _cells(diffgrad=95.0, others=90.0, published=93.0))
+    assert held.verdict == "held"
+    assert "+2.00 / +2.00 / +2.00" in effect.evidence and "0.00 / 0.00 / 0.00 apart" in effect.evidence
+    (lost, _) = rp._table1_claims(ds, _cells(diffgrad=89.0, others=90.0, published=93.0))
+    assert lost.verdict == "did not hold"
+
+
+def test_regret_slope_reads_the_rate() -> None:
+    ts = sorted({round(10 ** (k / 10)) for k in range(41)})  # log-spaced, as the report uses
+    assert rp._slope(ts, [t**-0.5 for t in ts]) == pytest.approx(-0.5)
+    assert rp._slope(ts, [1.0] * len(ts)) == pytest.approx(0.0)
+    assert rp._slope(ts, [-1.0] * len(ts)) is None
+
+
+def test_verdict_counts_claims() -> None:
+    claims = [rp.Claim("a", "held", "x"), rp.Claim("b", "did not hold", "y"), rp.Claim("c", "held", "z")]
+    section = rp.verdict_section(claims)
+    assert "2 claims held, 1 did not" in section.markdown
