@@ -15,7 +15,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from diffgrad.lab.online import PROBLEMS, average_regret
 from diffgrad.lab.registry import create_optimizer, get_optimizer_spec
@@ -26,11 +25,13 @@ from diffgrad.lab.report.sections import (
     performance_profile_sections,
     redact_url,
     summary_sections,
+    trajectory_sections,
 )
 from diffgrad.lab.report.stats import MeanCI, mean_ci
 from diffgrad.lab.runner import StudyPlan, build_workload, open_storage, plan_compare, plan_study, run_studies
-from diffgrad.lab.storage import RunRecord, default_storage_url, load_records
-from diffgrad.lab.workloads.analytic import FUNCTIONS, trajectory
+from diffgrad.lab.storage import RunRecord, artifact, default_storage_url, load_records
+from diffgrad.lab.trajectories import STANDARD, stored_trajectory
+from diffgrad.lab.workloads.analytic import FUNCTIONS
 
 # The paper's settings for the 1-D functions (Sec. V): both optimizers, θ_0 = −1, 300 iterations.
 ONE_D_HPARAMS = {"lr": 0.1, "betas": (0.95, 0.999), "eps": 1e-8}
@@ -162,7 +163,7 @@ def reproduce(
 
     sections, claims = [], []
     for build in (
-        lambda: one_d_section(plot_dir),
+        lambda: one_d_section(plot_dir, rdb),
         lambda: regret_section(plot_dir, scale.regret_horizon, rdb),
         lambda: table1_section(records, datasets, plot_dir, url),
         lambda: variants_section(records, datasets),
@@ -230,10 +231,10 @@ def _fair_plans(scale: Scale) -> list[StudyPlan]:
 # ------------------------------------------------------------------------------- 1-D functions
 
 
-def _one_d_trajectories() -> dict[str, dict[str, Any]]:
+def _one_d_trajectories(storage: Any) -> dict[str, dict[str, dict]]:
     return {
         fn: {
-            opt: trajectory(FUNCTIONS[fn], lambda ps, o=opt: create_optimizer(o, ps, **ONE_D_HPARAMS), ONE_D_STEPS)
+            opt: stored_trajectory(storage, fn, opt, steps=ONE_D_STEPS, **ONE_D_HPARAMS)
             for opt in ("adam", "diffgrad", *FRICTION_OPTIMIZERS)
         }
         for fn in ONE_D_FUNCTIONS
@@ -246,36 +247,31 @@ def _nearest_minimum(fn: str, x: float) -> tuple[str, float]:
     return ("global" if index == 0 else "local"), minima[index][0]
 
 
-def _oscillation(xs: torch.Tensor) -> float:
+def _oscillation(xs: list[list[float]]) -> float:
     """Total variation of θ over the last two thirds of the run: how much it still moves."""
-    tail = xs[len(xs) // 3 :, 0]
-    return float((tail[1:] - tail[:-1]).abs().sum())
+    tail = [x[0] for x in xs[len(xs) // 3 :]]
+    return sum(abs(b - a) for a, b in zip(tail, tail[1:]))
 
 
-def one_d_section(plot_dir: Path) -> tuple[list[Section], list[Claim]]:
+def one_d_section(plot_dir: Path, storage: Any) -> tuple[list[Section], list[Claim]]:
     """Sec. V, Fig. 4: Adam and diffGrad (and every friction variant) on F1, F2, F3."""
-    runs = _one_d_trajectories()
+    runs = _one_d_trajectories(storage)
     images, rows = [], []
     for fn, by_opt in runs.items():
-        curves = {opt: (t.xs[:, 0].numpy(), t.losses.numpy()) for opt, t in by_opt.items()}
+        curves = {opt: (t["xs"], t["losses"]) for opt, t in by_opt.items()}
         path = plots.plot_trajectories(fn, {k: curves[k] for k in ("adam", "diffgrad")}, plot_dir / f"1d-{fn}.png",
                                        fn=FUNCTIONS[fn].f)
         images.append(Image(path, f"{fn}: θ and F(θ) per iteration, Adam and diffGrad (the paper's Fig. 4)"))
         path = plots.plot_trajectories(fn, curves, plot_dir / f"1d-{fn}-variants.png", fn=FUNCTIONS[fn].f)
         images.append(Image(path, f"{fn}: every friction variant"))
         for opt, t in by_opt.items():
-            x = float(t.xs[-1, 0])
+            x = t["xs"][-1][0]
             kind, where = _nearest_minimum(fn, x)
-            rows.append([fn, opt, f"{x:.4f}", f"{float(t.losses[-1]):.3g}", f"{kind} ({where:g})", f"{_oscillation(t.xs):.3g}"])
-    two_d = []
-    for name in TWO_D_FUNCTIONS:
-        fn = FUNCTIONS[name]
-        curves = {}
-        for opt in ("adam", "diffgrad"):
-            t = trajectory(fn, lambda ps, o=opt: create_optimizer(o, ps, lr=0.05), 500)
-            curves[opt] = (t.xs.numpy(), t.losses.numpy())
-        two_d.append(Image(plots.plot_trajectories(name, curves, plot_dir / f"2d-{name}.png", fn=fn.f),
-                           f"{name}: 500 steps at lr 0.05 from {fn.x0} (an illustration, not evidence)"))
+            rows.append([fn, opt, f"{x:.4f}", f"{t['losses'][-1]:.3g}", f"{kind} ({where:g})", f"{_oscillation(t['xs']):.3g}"])
+    two_d = trajectory_sections(
+        [stored_trajectory(storage, name, opt, **STANDARD[name]) for name in TWO_D_FUNCTIONS for opt in ("adam", "diffgrad")],
+        plot_dir, title="2-D functions", note="Adam and diffGrad at one shared setting: an illustration, not evidence.",
+    )
     text = (
         f"Settings as in the paper for both optimizers: lr {ONE_D_HPARAMS['lr']}, β = {ONE_D_HPARAMS['betas']}, "
         f"ε = {ONE_D_HPARAMS['eps']}, θ₀ = −1, {ONE_D_STEPS} iterations, g₀ = 0, F2 with its correct derivative "
@@ -308,22 +304,20 @@ def one_d_section(plot_dir: Path) -> tuple[list[Section], list[Claim]]:
         f"final θ: diffGrad {final[('F3', 'diffgrad')]:.4f}, Adam {final[('F3', 'adam')]:.4f}; oscillation "
         f"diffGrad {osc[('F3', 'diffgrad')]:.3g}, Adam {osc[('F3', 'adam')]:.3g}",
     ))
-    return [Section("1. The 1-D functions (Sec. V, Eq. 24–26)", text, images + two_d)], claims
+    return [Section("1. The 1-D functions (Sec. V, Eq. 24–26)", text, images), *_nested(two_d)], claims
 
 
 # -------------------------------------------------------------------------------------- regret
 
 
 def _regret_curve(storage: Any, problem: str, optimizer: str, horizon: int) -> list[float]:
-    """R(t)/t at log-spaced t, cached in the results database (a study of its own)."""
-    import optuna
+    """R(t)/t at log-spaced t, computed once and kept in the results database."""
 
-    study = optuna.create_study(study_name="reproduce/regret", storage=storage, load_if_exists=True)
-    key = f"{problem}/{optimizer}/T={horizon}"
-    if key not in study.user_attrs:
+    def compute() -> list[float]:
         curve = average_regret(PROBLEMS[problem], lambda ps: create_optimizer(optimizer, ps, **REGRET_HPARAMS), horizon)
-        study.set_user_attr(key, [float(curve[t - 1]) for t in _log_points(horizon)])
-    return study.user_attrs[key]
+        return [float(curve[t - 1]) for t in _log_points(horizon)]
+
+    return artifact(storage, f"regret/{problem}/{optimizer}/T={horizon}", compute)
 
 
 def _log_points(horizon: int) -> list[int]:

@@ -9,6 +9,7 @@ can be traced back to one trial of one study.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,3 +107,32 @@ def load_study_infos(storage_url: str) -> dict[str, StudyInfo]:
         if INFO_KEY in summary.user_attrs:
             infos[summary.study_name] = StudyInfo(**summary.user_attrs[INFO_KEY])
     return infos
+
+
+ARTIFACTS_STUDY = "artifacts"
+
+
+def artifact(storage: Any, key: str, compute: Callable[[], Any]) -> Any:
+    """A JSON value computed once and kept in the database under ``key``; later calls read it.
+
+    For results that are not training runs (trajectories on analytic functions, regret curves):
+    they are stored as user attributes of the study ``artifacts``, so a report can read them
+    like every other number. ``storage`` is a URL or an Optuna storage.
+    """
+    import optuna
+
+    study = optuna.create_study(study_name=ARTIFACTS_STUDY, storage=storage, load_if_exists=True)
+    if key not in study.user_attrs:
+        study.set_user_attr(key, compute())
+    return study.user_attrs[key]
+
+
+def load_artifacts(storage_url: str, prefix: str = "") -> dict[str, Any]:
+    """The stored artifacts whose key starts with ``prefix``, by key (empty if there are none)."""
+    import optuna
+
+    storage = optuna.storages.RDBStorage(storage_url)
+    for summary in optuna.get_all_study_summaries(storage):
+        if summary.study_name == ARTIFACTS_STUDY:
+            return {k: v for k, v in sorted(summary.user_attrs.items()) if k.startswith(prefix)}
+    return {}

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffgrad.lab import runner
-from diffgrad.lab.storage import INFO_KEY, load_records, load_study_infos
+from diffgrad.lab.storage import ARTIFACTS_STUDY, INFO_KEY, load_records, load_study_infos
 from diffgrad.lab.train import make_schedule, train
 from diffgrad.lab.workloads.base import Budget, Evaluation, Workload
 
@@ -298,7 +298,12 @@ sys.exit(main(sys.argv[1:]))
 
 
 def _trials(storage: optuna.storages.RDBStorage) -> dict[str, list[optuna.trial.FrozenTrial]]:
-    return {s.study_name: storage.get_all_trials(s._study_id) for s in storage.get_all_studies()}
+    """The training studies' trials (the ``artifacts`` study holds no trials)."""
+    return {
+        s.study_name: storage.get_all_trials(s._study_id)
+        for s in storage.get_all_studies()
+        if s.study_name != ARTIFACTS_STUDY
+    }
 
 
 @pytest.mark.slow

@@ -22,6 +22,7 @@ from .sections import (
     performance_profile_sections,
     summary_sections,
     target_sections,
+    trajectory_sections,
 )
 
 DEFAULT_TITLE = "diffGrad evidence lab report"
@@ -60,4 +61,5 @@ __all__ = [
     "render_report",
     "summary_sections",
     "target_sections",
+    "trajectory_sections",
 ]

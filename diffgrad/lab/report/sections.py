@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..storage import RunRecord, StudyInfo, load_records, load_study_infos
+from ..storage import RunRecord, StudyInfo, load_artifacts, load_records, load_study_infos
 from . import plots
 from .document import Image, Section, format_table
 from .stats import (
@@ -428,6 +428,28 @@ def performance_profile_sections(results: Results, plot_dir: str | Path) -> list
     return [Section("Performance profile", text, images=[Image(path, "Performance profiles across workloads")])]
 
 
+def trajectory_sections(
+    trajectories: Sequence[dict], plot_dir: str | Path, *, title: str = "Trajectories on analytic functions",
+    note: str = "Paths of each optimizer at one shared setting: pictures, not evidence.", slug: str = "trajectory",
+) -> list[Section]:
+    """One figure per function and setting from stored trajectories (see :mod:`diffgrad.lab.trajectories`)."""
+    from ..workloads.analytic import FUNCTIONS  # the function itself, for the contour lines
+
+    groups: dict[tuple[str, int, str], dict[str, tuple[list, list]]] = defaultdict(dict)
+    for t in trajectories:
+        setting = json.dumps(t["hparams"], sort_keys=True)
+        groups[(t["function"], t["steps"], setting)][t["optimizer"]] = (t["xs"], t["losses"])
+    if not groups:
+        return []
+    images = []
+    for (function, steps, setting), curves in sorted(groups.items()):
+        suffix = re.sub(r"[^a-z0-9]+", "-", f"{function}-{steps}-{setting}".lower()).strip("-")
+        path = plots.plot_trajectories(function, curves, Path(plot_dir) / f"{slug}_{suffix}.png",
+                                       fn=FUNCTIONS[function].f if function in FUNCTIONS else None)
+        images.append(Image(path, f"{function}: {steps} steps, {setting}"))
+    return [Section(title, note, images)]
+
+
 def build_sections(results: Results, plot_dir: str | Path, *, storage_url: str | None = None) -> list[Section]:
     """Every standard section in report order; figures are written into ``plot_dir``."""
     return [
@@ -437,6 +459,8 @@ def build_sections(results: Results, plot_dir: str | Path, *, storage_url: str |
         *lr_sensitivity_sections(results, plot_dir),
         *target_sections(results),
         *performance_profile_sections(results, plot_dir),
+        *(trajectory_sections(list(load_artifacts(storage_url, "trajectory/").values()), plot_dir)
+          if storage_url else []),
     ]
 
 
