@@ -17,8 +17,9 @@ Protocols:
 
 Tuning uses seed 0; final runs use seeds 1..K in both protocols, so final runs of different
 optimizers start from the same weights and see the same batches. The sampler is seeded by the
-number of trials in the study, so optimizers with the same search space try the same first
-learning rates (common random numbers) and a resumed study does not replay earlier draws.
+number of the trial it samples for, so optimizers with the same search space try the same first
+learning rates (common random numbers), a resumed study does not replay earlier draws, and workers
+sharing a study never sample with the same seed.
 
 Resuming and sharing work. The plan of a study is fixed (its StudyInfo); running it again only
 trains what is missing: COMPLETE trials are never recomputed, tune trials are counted against the
@@ -36,6 +37,8 @@ import dataclasses
 import inspect
 import json
 import logging
+import os
+import socket
 import sys
 import time
 import warnings
@@ -47,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 from diffgrad.lab.registry import LogUniform, get_optimizer_spec
 from diffgrad.lab.storage import INFO_KEY, RECORD_KEY, RunRecord, StudyInfo, default_storage_url
 from diffgrad.lab.train import SCHEDULES, train
+from diffgrad.lab.trajectories import record_trajectories
 from diffgrad.lab.workloads.base import Budget, Workload
 
 if TYPE_CHECKING:
@@ -73,6 +77,7 @@ PROTOCOLS = ("paper", "tuned")
 PAPER_LR = 1e-3  # PAPER.md §6: one learning rate for every optimizer
 TUNING_SEED = 0
 TUNE, FINAL = "tune", "final"
+WORKER_KEY = "worker"  # trial user attribute: "host:pid" of the process that claimed the trial
 # Options that say where data lives, not what is measured: kept out of study names and infos, so
 # moving the data does not orphan a study.
 LOCATION_OPTIONS = frozenset({"data_dir"})
@@ -80,6 +85,7 @@ LOCATION_OPTIONS = frozenset({"data_dir"})
 DEFAULT_HEARTBEAT_INTERVAL = 10  # seconds between a running trial's heartbeats
 DEFAULT_GRACE_PERIOD = 60  # seconds without heartbeat after which a RUNNING trial counts as dead
 DEFAULT_MAX_RETRY = 3  # retries of a trial whose process died
+STORAGE_ATTEMPTS = 5  # tries to open a storage whose tables another process is creating
 
 
 class ConfigError(ValueError):
@@ -283,23 +289,47 @@ def open_storage(
     again (at most ``max_retry`` times) by the next process that works on its study.
     """
     import optuna
+    import sqlalchemy.event
     import sqlalchemy.exc
 
-    # Several processes may share one SQLite file: wait for its lock instead of failing at once.
-    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
-    try:
-        with warnings.catch_warnings():
-            # Heartbeats and retries are marked experimental, but are what resuming relies on.
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback"):  # Optuna >= 4.9
-                retry = {"heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry)}
-            else:
-                retry = {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry)}
-            return optuna.storages.RDBStorage(
-                url, engine_kwargs, heartbeat_interval=heartbeat_interval, grace_period=grace_period, **retry
-            )
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as error:
-        raise ConfigError(f"cannot open storage {url!r}: {str(error).splitlines()[0]}") from error
+    sqlite = url.startswith("sqlite")
+    # Several processes may share one SQLite file: wait for its lock instead of failing at once,
+    # and let _begin_immediate open every transaction (isolation_level None: sqlite3 emits no BEGIN).
+    engine_kwargs = {"connect_args": {"timeout": 60, "isolation_level": None}} if sqlite else None
+    for attempt in range(1, STORAGE_ATTEMPTS + 1):
+        try:
+            with warnings.catch_warnings():
+                # Heartbeats and retries are marked experimental, but are what resuming relies on.
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback"):  # Optuna >= 4.9
+                    retry = {"heartbeat_stale_trial_callback":
+                             optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry)}
+                else:
+                    retry = {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry)}
+                storage = optuna.storages.RDBStorage(
+                    url, engine_kwargs, heartbeat_interval=heartbeat_interval, grace_period=grace_period, **retry
+                )
+            if sqlite:
+                sqlalchemy.event.listen(storage.engine, "begin", _begin_immediate)
+            return storage
+        except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as error:
+            # Workers that open a new database at the same moment race to create its tables and
+            # schema version (a UNIQUE or "already exists" error); the losers find them on a retry.
+            race = isinstance(error, (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError)) or (
+                isinstance(error, sqlalchemy.exc.OperationalError) and "already exists" in str(error))
+            if not race or attempt == STORAGE_ATTEMPTS:
+                raise ConfigError(f"cannot open storage {url!r}: {str(error).splitlines()[0]}") from error
+            time.sleep(0.5 * attempt)
+    raise AssertionError("unreachable")
+
+
+def _begin_immediate(connection: Any) -> None:
+    # Optuna claims a WAITING trial by reading its state and setting it to RUNNING in one
+    # transaction (SELECT ... FOR UPDATE, a row lock on PostgreSQL and MySQL). SQLite has no row
+    # locks, and sqlite3 runs a transaction's SELECTs before its BEGIN, so two processes could both
+    # read WAITING and both train the trial. BEGIN IMMEDIATE takes the write lock first: one
+    # transaction at a time (others wait, up to the connection timeout), so a claim is atomic.
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _phase(trial: optuna.trial.FrozenTrial) -> str:
@@ -349,6 +379,7 @@ class _Objective:
 
         attrs = trial.user_attrs
         phase, seed = attrs.get("phase", TUNE), attrs.get("seed", TUNING_SEED)
+        trial.set_user_attr(WORKER_KEY, f"{socket.gethostname()}:{os.getpid()}")  # who claimed it
         if "phase" not in attrs:
             trial.set_user_attr("phase", phase)
             trial.set_user_attr("seed", seed)
@@ -490,13 +521,48 @@ def _advance(plan: StudyPlan, study: optuna.Study, objective: _Objective) -> boo
             runnable = any(t.state == states.WAITING for t in study.get_trials(deepcopy=False))
         if not runnable:
             return False
-        study.sampler = optuna.samplers.TPESampler(
-            # Seeded by the number of trials so far: a resumed or shared study draws new points
-            # instead of replaying its sequence from the start.
-            seed=len(trials),
-            n_startup_trials=max(1, min(10, plan.tuning_budget // 2)),
-        )
+        study.sampler = _trial_seeded_tpe(n_startup_trials=max(1, min(10, plan.tuning_budget // 2)))
         study.optimize(objective, n_trials=1)
+
+
+def _trial_seeded_tpe(n_startup_trials: int) -> optuna.samplers.BaseSampler:
+    """A TPE sampler seeded, for each trial, by that trial's number.
+
+    A resumed or shared study thus draws new points instead of replaying its sequence from the
+    start. Trial numbers are handed out by the storage, one per trial, so workers sharing a study
+    never sample with the same seed (seeding by the trial count each worker had read made two
+    workers that read it at the same moment train the same learning rate twice). A lone worker's
+    trial number is the number of trials so far, so optimizers with the same search space try the
+    same first learning rates (common random numbers).
+    """
+    import optuna
+
+    class TrialSeededTPE(optuna.samplers.BaseSampler):
+        def __init__(self) -> None:
+            self.tpe = optuna.samplers.TPESampler(seed=0, n_startup_trials=n_startup_trials)
+
+        def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            self.tpe = optuna.samplers.TPESampler(seed=trial.number, n_startup_trials=n_startup_trials)
+            self.tpe.before_trial(study, trial)
+
+        def infer_relative_search_space(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict:
+            return self.tpe.infer_relative_search_space(study, trial)
+
+        def sample_relative(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, space: dict) -> dict:
+            return self.tpe.sample_relative(study, trial, space)
+
+        def sample_independent(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, name: str,
+                               distribution: optuna.distributions.BaseDistribution) -> Any:
+            return self.tpe.sample_independent(study, trial, name, distribution)
+
+        def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,
+                        state: optuna.trial.TrialState, values: Sequence[float] | None) -> None:
+            self.tpe.after_trial(study, trial, state, values)
+
+        def reseed_rng(self) -> None:
+            self.tpe.reseed_rng()
+
+    return TrialSeededTPE()
 
 
 def _fail_stale(study: optuna.Study) -> None:
@@ -576,4 +642,6 @@ def compare(
         except OSError as error:
             raise ConfigError(f"cannot create the output folder {str(out_dir)!r}: {error}") from error
     rdb = open_storage(storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period, max_retry=max_retry)
-    return run_studies(plans, rdb, device=device, progress=progress)
+    names = run_studies(plans, rdb, device=device, progress=progress)
+    record_trajectories(rdb, list(optimizers))  # the report's pictures: seconds, computed once
+    return names
