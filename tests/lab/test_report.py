@@ -153,6 +153,15 @@ def test_document_writes_relative_image_paths(tmp_path: Path) -> None:
     assert '<img src="plots/a.png"' in (tmp_path / "report.html").read_text()
 
 
+def test_document_in_a_relative_folder_links_its_images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plots written under a relative output folder are linked relative to the report, not the cwd."""
+    monkeypatch.chdir(tmp_path)
+    out = Path("results") / "run"
+    png = plots.plot_lines({"adam": ([1, 2], [3, 4])}, out / "plots" / "a.png")
+    md = Document("T", [Section("S", images=[Image(png, "cap")])]).write(out)
+    assert "![cap](plots/a.png)" in md.read_text()
+
+
 def test_source_compresses_trial_ranges() -> None:
     recs = [_record("s", "w", "o", "tuned", "final", n, 0, {}, 0.0) for n in (0, 1, 2, 5, 7, 8)]
     assert source("s", recs) == "`s` #0–2, 5, 7–8"

@@ -31,7 +31,8 @@ figure { margin: 1em 0; } img { max-width: 100%; } figcaption { font-size: 0.85e
 
 @dataclass(frozen=True)
 class Image:
-    """A PNG shown under a section; ``path`` is absolute or relative to the report folder."""
+    """A PNG shown under a section; ``path`` is where the file was written (absolute, or relative
+    to the current directory, as the plotting functions return it)."""
 
     path: Path
     caption: str = ""
@@ -188,7 +189,7 @@ class Document:
             if section.markdown.strip():
                 parts.append(section.markdown.strip())
             for image in section.images:
-                target = (root / image.path).resolve()
+                target = Path(image.path).resolve()
                 parts.append(image_markdown(Path(os.path.relpath(target, root)).as_posix(), image.caption))
         return "\n\n".join(parts) + "\n"
 
