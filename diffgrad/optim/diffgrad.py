@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -11,10 +12,20 @@ from torch.optim.optimizer import Optimizer, ParamsT
 
 from diffgrad.optim.friction import Friction, get_friction
 from diffgrad.optim.functional import diffgrad
+from diffgrad.optim.state import (
+    StateBuffer,
+    buffer_tensors,
+    check_state_dtype,
+    convert_buffer,
+    get_buffer,
+    new_buffer,
+)
 
 __all__ = ["DiffGrad"]
 
 STATE_KEYS = ("step", "exp_avg", "exp_avg_sq", "previous_grad")
+# Buffer keys, with whether each holds second moments (stored as sqrt(v) when 8-bit).
+_BUFFERS = {"exp_avg": False, "exp_avg_sq": True, "previous_grad": False, "max_exp_avg_sq": True}
 
 
 class DiffGrad(Optimizer):
@@ -46,12 +57,41 @@ class DiffGrad(Optimizer):
             :class:`~diffgrad.optim.friction.Friction`.
         maximize: maximise the objective (the gradient's sign is flipped first).
         foreach: use the ``torch._foreach_*`` implementation. ``None`` picks per device: the
-            per-tensor loop on CPU (faster there) and foreach on accelerators.
+            per-tensor loop on CPU (faster there, see ``benchmarks/step.py``) and foreach on
+            accelerators.
+        fused: use the single-pass step that ``torch.compile`` builds per parameter group
+            (Inductor: C++/OpenMP on CPU, Triton on GPU). The first step compiles (seconds to
+            minutes for hundreds of tensors; cached on disk for later runs); learning-rate
+            schedules and the step count do not recompile. Cannot be combined with ``foreach``.
+        state_dtype: storage of exp_avg, exp_avg_sq, previous_grad (and max_exp_avg_sq).
+            ``None``: the compute dtype (float32 for bfloat16/float16 parameters, else the
+            parameter's dtype); ``torch.bfloat16``; ``torch.float32``/``torch.float64``; or
+            ``"8bit"``: block-wise float8 codes with a float32 scale per 256 elements
+            (:mod:`diffgrad.optim.state`; tensors under 4096 elements stay in the compute dtype).
+            The arithmetic always runs in the compute dtype.
+
+    State bytes per parameter element (exp_avg + exp_avg_sq + previous_grad; AMSGrad adds a
+    fourth buffer of the same size), against Adam's 8 in float32:
+
+    ==================  =========================  =====================
+    ``state_dtype``     bytes per element          with ``amsgrad=True``
+    ==================  =========================  =====================
+    None (float32)      12                         16
+    ``torch.bfloat16``  6                          8
+    ``"8bit"``          3 × (1 + 4/256) ≈ 3.05     ≈ 4.06
+    ==================  =========================  =====================
 
     State per parameter: ``step``, ``exp_avg`` (m), ``exp_avg_sq`` (v), ``previous_grad``
     (g_{t−1}, the effective gradient after ``maximize`` and coupled decay, held in the optimizer's
     own buffer) and, with ``amsgrad``, ``max_exp_avg_sq``. These are the published code's keys,
-    so its state dicts (and those of other DiffGrad implementations) load.
+    so its state dicts (and those of other DiffGrad implementations) load. An 8-bit buffer is
+    stored as uint8 codes under its key plus ``<key>_absmax``; ``exp_avg_sq`` then holds sqrt(v).
+    Loading a state dict converts its buffers to this optimizer's ``state_dtype``.
+
+    Mixed precision: parameters may be bfloat16 or float16 (updated in float32 arithmetic and
+    rounded once). ``torch.amp.GradScaler`` passes its scale and inf flag to :meth:`step` on
+    every path (``_step_supports_amp_scaling``), so float16 gradients need no separate
+    ``unscale_``; a step with non-finite gradients leaves parameters and state untouched.
 
     Parameters whose ``.grad`` is ``None`` are skipped and their state is left untouched.
     """
@@ -69,6 +109,8 @@ class DiffGrad(Optimizer):
         friction: str | Friction = "dfc",
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
+        state_dtype: torch.dtype | str | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -80,9 +122,13 @@ class DiffGrad(Optimizer):
             friction=friction,
             maximize=maximize,
             foreach=foreach,
+            fused=fused,
+            state_dtype=state_dtype,
         )
         _check_options(defaults)
         super().__init__(params, defaults)
+        # GradScaler hands its scale and inf flag to step() instead of unscaling the gradients.
+        self._step_supports_amp_scaling = True
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
@@ -100,19 +146,50 @@ class DiffGrad(Optimizer):
                 # Other implementations keep ``step`` as a Python number, or per group.
                 step = p_state.get("step", group.get("step", 0))
                 if not torch.is_tensor(step):
-                    p_state["step"] = torch.tensor(float(step), dtype=torch.float32)
+                    p_state["step"] = torch.tensor(
+                        float(step), dtype=torch.float32, device=p.device if group["fused"] else None
+                    )
                 if "previous_grad" not in p_state:
-                    p_state["previous_grad"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    self._set_buffer(p_state, "previous_grad", new_buffer(p, group["state_dtype"]))
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict, keeping this optimizer's ``state_dtype``: the loaded buffers keep
+        their saved dtypes and are then converted to it. ``state_dtype`` is a memory layout of
+        this process, not a hyper-parameter of the checkpoint (``torch.optim`` would instead cast
+        every buffer to its parameter's dtype, which rounds float32 state of bfloat16 parameters
+        and breaks 8-bit codes)."""
+        state_dtypes = [group["state_dtype"] for group in self.param_groups]
+        super().load_state_dict(state_dict)
+        saved_ids = itertools.chain.from_iterable(g["params"] for g in state_dict["param_groups"])
+        for group, state_dtype in zip(self.param_groups, state_dtypes):
+            group["state_dtype"] = state_dtype
+            for p, saved_id in zip(group["params"], saved_ids):
+                saved = state_dict["state"].get(saved_id)
+                if not saved:
+                    continue
+                state = self.state[p]
+                for key, value in saved.items():
+                    if key != "step" and torch.is_tensor(value):
+                        state[key] = value.to(device=p.device)
+                for key, sqrt_domain in _BUFFERS.items():
+                    if key in state:
+                        buffer = convert_buffer(get_buffer(state, key), p, state_dtype, sqrt_domain=sqrt_domain)
+                        self._set_buffer(state, key, buffer)
+
+    @staticmethod
+    def _set_buffer(state: dict[str, Any], key: str, buffer: StateBuffer) -> None:
+        state.pop(key + "_absmax", None)
+        state.update(buffer_tensors(key, buffer))
 
     def _init_group(
         self,
         group: dict[str, Any],
         params: list[Tensor],
         grads: list[Tensor],
-        exp_avgs: list[Tensor],
-        exp_avg_sqs: list[Tensor],
-        previous_grads: list[Tensor],
-        max_exp_avg_sqs: list[Tensor],
+        exp_avgs: list[StateBuffer],
+        exp_avg_sqs: list[StateBuffer],
+        previous_grads: list[StateBuffer],
+        max_exp_avg_sqs: list[StateBuffer],
         state_steps: list[Tensor],
     ) -> None:
         for p in group["params"]:
@@ -122,19 +199,23 @@ class DiffGrad(Optimizer):
                 raise RuntimeError("DiffGrad does not support sparse gradients; got a sparse grad")
             state = self.state[p]
             if not state:
-                state["step"] = torch.tensor(0.0, dtype=torch.float32)
+                if group["fused"] and not torch.is_floating_point(p):
+                    raise RuntimeError(f"DiffGrad(fused=True) needs floating-point parameters; got {p.dtype}")
+                # The compiled step reads ``step`` on the parameter's device, without a host
+                # synchronisation (as torch.optim's fused optimizers); the eager paths on the CPU.
+                state["step"] = torch.tensor(0.0, dtype=torch.float32, device=p.device if group["fused"] else None)
                 for key in STATE_KEYS[1:]:
-                    state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    self._set_buffer(state, key, new_buffer(p, group["state_dtype"]))
             if group["amsgrad"] and "max_exp_avg_sq" not in state:
-                state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                self._set_buffer(state, "max_exp_avg_sq", new_buffer(p, group["state_dtype"]))
             params.append(p)
             grads.append(p.grad)
-            exp_avgs.append(state["exp_avg"])
-            exp_avg_sqs.append(state["exp_avg_sq"])
-            previous_grads.append(state["previous_grad"])
+            exp_avgs.append(get_buffer(state, "exp_avg"))
+            exp_avg_sqs.append(get_buffer(state, "exp_avg_sq"))
+            previous_grads.append(get_buffer(state, "previous_grad"))
             state_steps.append(state["step"])
             if group["amsgrad"]:
-                max_exp_avg_sqs.append(state["max_exp_avg_sq"])
+                max_exp_avg_sqs.append(get_buffer(state, "max_exp_avg_sq"))
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
@@ -144,13 +225,16 @@ class DiffGrad(Optimizer):
             with torch.enable_grad():
                 loss = closure()
 
+        # Set by torch.amp.GradScaler.step for the duration of this call.
+        grad_scale: Tensor | None = getattr(self, "grad_scale", None)
+        found_inf: Tensor | None = getattr(self, "found_inf", None)
         for group in self.param_groups:
             params: list[Tensor] = []
             grads: list[Tensor] = []
-            exp_avgs: list[Tensor] = []
-            exp_avg_sqs: list[Tensor] = []
-            previous_grads: list[Tensor] = []
-            max_exp_avg_sqs: list[Tensor] = []
+            exp_avgs: list[StateBuffer] = []
+            exp_avg_sqs: list[StateBuffer] = []
+            previous_grads: list[StateBuffer] = []
+            max_exp_avg_sqs: list[StateBuffer] = []
             state_steps: list[Tensor] = []
             self._init_group(
                 group, params, grads, exp_avgs, exp_avg_sqs, previous_grads, max_exp_avg_sqs, state_steps
@@ -159,7 +243,7 @@ class DiffGrad(Optimizer):
                 continue
             foreach = group["foreach"]
             if foreach is None:
-                foreach = _default_foreach(params)
+                foreach = not group["fused"] and _default_foreach(params)
             beta1, beta2 = group["betas"]
             diffgrad(
                 params,
@@ -169,8 +253,11 @@ class DiffGrad(Optimizer):
                 previous_grads,
                 max_exp_avg_sqs,
                 state_steps,
+                grad_scale,
+                found_inf,
                 foreach=foreach,
-                lr=float(group["lr"]),
+                fused=bool(group["fused"]),
+                lr=group["lr"] if group["fused"] else float(group["lr"]),
                 beta1=float(beta1),
                 beta2=float(beta2),
                 eps=group["eps"],
@@ -188,8 +275,8 @@ def _resolve_friction(friction: str | Friction) -> Friction:
 
 
 def _default_foreach(params: list[Tensor]) -> bool:
-    # Measured on a 2-core CPU (benchmarks/step.py): the per-tensor loop beats foreach there,
-    # while on accelerators foreach saves kernel launches, as for torch.optim.
+    # Measured on a 2-core CPU (benchmarks/step.py): the sliced per-tensor loop beats foreach
+    # there (its slices stay in cache), while on accelerators foreach saves kernel launches.
     return all(p.device.type != "cpu" for p in params)
 
 
@@ -221,5 +308,9 @@ def _check_options(group: dict[str, Any]) -> None:
     for name in ("decoupled_weight_decay", "amsgrad", "maximize"):
         if not isinstance(group[name], bool):
             raise ValueError(f"Invalid {name}: {group[name]!r} (must be a bool)")
-    if group["foreach"] not in (None, True, False):
-        raise ValueError(f"Invalid foreach: {group['foreach']!r} (must be None, True or False)")
+    for name in ("foreach", "fused"):
+        if group[name] not in (None, True, False):
+            raise ValueError(f"Invalid {name}: {group[name]!r} (must be None, True or False)")
+    if group["foreach"] and group["fused"]:
+        raise ValueError("Invalid foreach/fused: `fused=True` and `foreach=True` cannot be used together")
+    check_state_dtype(group["state_dtype"])

@@ -1,0 +1,313 @@
+"""Time one optimizer step: DiffGrad's paths against Adam and other diffGrad implementations.
+
+    python benchmarks/step.py                       # CPU, float32, both cases, all candidates
+    python benchmarks/step.py --device cuda --dtype bfloat16 --scale 5   # GPU, 100 M+ params
+
+Needs the ``bench`` extra (``pip install diffgrad[bench]``: pytorch_optimizer, torch-optimizer);
+anchors that are not installed are skipped. Everything runs in one process, and the timed steps
+of all candidates are interleaved round by round, so that on a shared machine every candidate
+sees the same background load and the ratios are comparable even when the absolute times drift.
+
+Cases: ``resnet50`` is the parameter list of the CIFAR-form ResNet-50 of the paper (kuangliu's
+layout: 3×3 stem, bottleneck stages [3, 4, 6, 3], 10-way linear head): 161 tensors, 23.5 M
+parameters, generated here from the layer structure. ``single`` is one tensor of 25 M elements.
+``--scale k`` multiplies the widths of ResNet-50 by sqrt(k) (about k times the parameters) and the
+single tensor by k.
+
+Columns:
+  median/min ms   time of one ``step()`` (median and minimum over rounds × steps)
+  x Adam fused    median over the median of ``torch.optim.Adam(fused=True)``
+  GB/s            minimal traffic / median time; minimal traffic = read+write params, read
+                  grads, read+write every state tensor (DiffGrad fp32: 9 × 4 B per parameter)
+  state B/param   bytes of optimizer state (all tensors but ``step``) per parameter element
+  peak extra MB   the most memory allocated beyond what existed before, during one (warm) step:
+                  on CPU from the profiler's allocator events (``profile_memory=True``, every
+                  allocation and free of the c10 CPU allocator in order, running sum, maximum),
+                  on CUDA from ``torch.cuda.max_memory_allocated``; in % of the parameters' bytes
+  first step s    the first ``step()`` of a fresh optimizer (state allocation; for the compiled
+                  path: tracing and compilation). "cold" runs with an empty Inductor cache
+                  directory (a fresh temporary one unless --keep-cache), "warm" is a second fresh
+                  optimizer after ``torch._dynamo.reset()``, when Inductor's on-disk caches hit.
+
+A row "device copy" times ``dst.copy_(src)`` of a buffer as large as the 9 DiffGrad tensors
+together, the practical bandwidth ceiling of the device in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from diffgrad import DiffGrad
+
+Factory = Callable[[list[Tensor]], torch.optim.Optimizer]
+
+
+def resnet50_shapes(width_scale: float = 1.0, num_classes: int = 10) -> list[tuple[int, ...]]:
+    """Parameter shapes of the CIFAR-form ResNet-50 (conv weights, BN weight/bias, linear)."""
+
+    def w(c: int) -> int:
+        return max(1, round(c * width_scale))
+
+    shapes: list[tuple[int, ...]] = []
+
+    def conv_bn(c_in: int, c_out: int, k: int) -> None:
+        shapes.extend([(c_out, c_in, k, k), (c_out,), (c_out,)])
+
+    conv_bn(3, w(64), 3)
+    c_in = w(64)
+    for stage, blocks in enumerate((3, 4, 6, 3)):
+        planes = w(64 * 2**stage)
+        for block in range(blocks):
+            conv_bn(c_in, planes, 1)
+            conv_bn(planes, planes, 3)
+            conv_bn(planes, 4 * planes, 1)
+            if block == 0:  # projection shortcut: stride 2 or a change of width
+                conv_bn(c_in, 4 * planes, 1)
+            c_in = 4 * planes
+    shapes.extend([(num_classes, c_in), (num_classes,)])
+    return shapes
+
+
+def candidates(fused_variants: bool) -> dict[str, Factory]:
+    """The optimizers to time, by row name; the first is the anchor of the ratios."""
+    rows: dict[str, Factory] = {
+        "Adam fused (anchor)": lambda p: torch.optim.Adam(p, fused=True),
+        "Adam foreach": lambda p: torch.optim.Adam(p, foreach=True),
+    }
+    try:
+        import pytorch_optimizer
+
+        rows["pytorch_optimizer DiffGrad per-tensor"] = lambda p: pytorch_optimizer.DiffGrad(p, foreach=False)
+        rows["pytorch_optimizer DiffGrad foreach"] = lambda p: pytorch_optimizer.DiffGrad(p, foreach=True)
+    except ImportError:
+        print("pytorch_optimizer not installed: its rows are skipped", file=sys.stderr)
+    try:
+        import torch_optimizer
+
+        rows["torch-optimizer DiffGrad"] = lambda p: torch_optimizer.DiffGrad(p)
+    except ImportError:
+        print("torch-optimizer not installed: its row is skipped", file=sys.stderr)
+    rows["DiffGrad default"] = lambda p: DiffGrad(p)
+    rows["DiffGrad per-tensor"] = lambda p: DiffGrad(p, foreach=False)
+    rows["DiffGrad foreach"] = lambda p: DiffGrad(p, foreach=True)
+    rows["DiffGrad fused"] = lambda p: DiffGrad(p, fused=True)
+    if fused_variants:
+        rows["DiffGrad fused bf16 state"] = lambda p: DiffGrad(p, fused=True, state_dtype=torch.bfloat16)
+        rows["DiffGrad fused 8-bit state"] = lambda p: DiffGrad(p, fused=True, state_dtype="8bit")
+    return rows
+
+
+@dataclass
+class Row:
+    name: str
+    times: list[float] = field(default_factory=list)
+    cold_s: float = math.nan
+    warm_s: float = math.nan
+    state_bytes: int = 0
+    peak_extra: int = 0
+    traffic: int = 0
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn: Callable[[], object], device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def _state_bytes(opt: torch.optim.Optimizer) -> int:
+    return sum(
+        t.numel() * t.element_size()
+        for s in opt.state.values()
+        for k, t in s.items()
+        if torch.is_tensor(t) and k != "step"
+    )
+
+
+def peak_extra_bytes(fn: Callable[[], object], device: torch.device) -> int:
+    """The most memory allocated on ``device`` beyond the starting point while ``fn`` runs."""
+    if device.type == "cuda":
+        _sync(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        _sync(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted(
+        (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns()
+    )
+    running = peak = 0
+    for e in events:
+        running += e.nbytes()
+        peak = max(peak, running)
+    return peak
+
+
+def device_copy_seconds(nbytes: int, device: torch.device, repeats: int) -> float:
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).fill_(1.0)
+    dst = torch.empty_like(src).fill_(0.0)
+    times = [_timed(lambda: dst.copy_(src), device) for _ in range(repeats)]
+    return statistics.median(times)
+
+
+def run_case(
+    name: str,
+    shapes: list[tuple[int, ...]],
+    rows: dict[str, Factory],
+    device: torch.device,
+    dtype: torch.dtype,
+    rounds: int,
+    steps: int,
+) -> list[Row]:
+    numel = sum(math.prod(s) for s in shapes)
+    print(f"\n## {name}: {len(shapes)} tensors, {numel / 1e6:.2f} M parameters, {dtype}, {device}", file=sys.stderr)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    params = [torch.randn(s, generator=gen).to(device, dtype).requires_grad_() for s in shapes]
+    for p in params:
+        # Small gradients keep every optimizer's updates tame while they share the parameters.
+        p.grad = torch.randn(p.shape, generator=gen).mul_(1e-3).to(device, dtype)
+    param_bytes = sum(p.numel() * p.element_size() for p in params)
+    results = {row: Row(row) for row in rows}
+    optimizers: dict[str, torch.optim.Optimizer] = {}
+    for row, factory in rows.items():
+        print(f"  first steps: {row}", file=sys.stderr, flush=True)
+        opt = factory(params)
+        results[row].cold_s = _timed(opt.step, device)
+        torch._dynamo.reset()
+        opt = factory(params)
+        results[row].warm_s = _timed(opt.step, device)
+        optimizers[row] = opt
+        results[row].state_bytes = _state_bytes(opt)
+        results[row].traffic = 2 * param_bytes + param_bytes + 2 * results[row].state_bytes
+        results[row].peak_extra = peak_extra_bytes(opt.step, device)
+    for opt in optimizers.values():
+        opt.step()  # later rows' torch._dynamo.reset() dropped earlier rows' compiled code: rebuild it
+    for r in range(rounds):
+        print(f"  round {r + 1}/{rounds}", file=sys.stderr, flush=True)
+        for row, opt in optimizers.items():
+            results[row].times.extend(_timed(opt.step, device) for _ in range(steps))
+    copy = device_copy_seconds(9 * numel * 4, device, repeats=rounds * steps)
+    del optimizers, params
+    gc.collect()
+    out = list(results.values())
+    out.append(Row("device copy", times=[copy], traffic=2 * 9 * numel * 4))
+    for row in out:
+        row.state_bytes_per_param = row.state_bytes / numel  # type: ignore[attr-defined]
+        row.peak_pct = 100 * row.peak_extra / param_bytes  # type: ignore[attr-defined]
+    return out
+
+
+def table(rows: list[Row]) -> str:
+    anchor = statistics.median(rows[0].times)
+    head = (
+        "| optimizer | median ms | min ms | x Adam fused | GB/s | state B/param | peak extra MB (% params) "
+        "| first step cold s | warm s |"
+    )
+    lines = [head, "|" + "---|" * 9]
+    for row in rows:
+        med = statistics.median(row.times)
+        peak = "" if row.name == "device copy" else f"{row.peak_extra / 2**20:.1f} ({row.peak_pct:.1f} %)"
+        state = "" if row.name == "device copy" else f"{row.state_bytes_per_param:.2f}"
+        first = "| |" if row.name == "device copy" else f"| {row.cold_s:.2f} | {row.warm_s:.2f} |"
+        lines.append(
+            f"| {row.name} | {med * 1e3:.1f} | {min(row.times) * 1e3:.1f} | {med / anchor:.2f} "
+            f"| {row.traffic / med / 1e9:.1f} | {state} | {peak} {first}"
+        )
+    return "\n".join(lines)
+
+
+def check_targets(rows: list[Row]) -> list[str]:
+    """The issue's targets that this case can check, each with its number and verdict."""
+    med = {row.name: statistics.median(row.times) for row in rows}
+    by = {row.name: row for row in rows}
+    anchor = med["Adam fused (anchor)"]
+    checks: list[tuple[str, float, bool]] = []
+    if "DiffGrad fused" in med:
+        ratio = med["DiffGrad fused"] / anchor
+        checks.append(("fused <= 1.35 x Adam(fused=True)", ratio, ratio <= 1.35))
+        checks.append(
+            ("fused peak extra memory <= 5 % of param bytes (%)", by["DiffGrad fused"].peak_pct, by["DiffGrad fused"].peak_pct <= 5)  # type: ignore[attr-defined]
+        )
+    po = [med[k] for k in med if k.startswith("pytorch_optimizer")]
+    if po:
+        fastest = min(po)
+        for row, need in (("DiffGrad fused", 2.5), ("DiffGrad default", 1.2)):
+            if row in med:
+                speedup = fastest / med[row]
+                checks.append((f"{row} >= {need} x faster than pytorch_optimizer's fastest", speedup, speedup >= need))
+    for row, limit in (("DiffGrad fused bf16 state", 6.0), ("DiffGrad fused 8-bit state", 3.5)):
+        if row in by:
+            value = by[row].state_bytes_per_param  # type: ignore[attr-defined]
+            checks.append((f"{row}: state bytes/param <= {limit}", value, value <= limit))
+    if "device copy" in med and "DiffGrad fused" in med:
+        frac = (by["DiffGrad fused"].traffic / med["DiffGrad fused"]) / (by["device copy"].traffic / med["device copy"])
+        checks.append(("fused bandwidth / device copy bandwidth (GPU target >= 0.8)", frac, frac >= 0.8))
+    return [f"- {'met' if ok else 'MISSED'}: {text}: {value:.2f}" for text, value, ok in checks]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--cases", default="resnet50,single", help="comma-separated: resnet50, single")
+    parser.add_argument("--scale", type=float, default=1.0, help="parameter count multiplier (GPU: 5 for 100 M+)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per candidate per round")
+    parser.add_argument("--only", default="", help="comma-separated substrings: keep matching rows (+ anchor)")
+    parser.add_argument("--no-compact", action="store_true", help="skip the bf16/8-bit state rows")
+    parser.add_argument("--keep-cache", action="store_true", help="use the existing Inductor cache (cold = warm)")
+    args = parser.parse_args(argv)
+
+    if not args.keep_cache:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="diffgrad-bench-inductor-")
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    rows = candidates(fused_variants=not args.no_compact)
+    if args.only:
+        keep = [s.strip() for s in args.only.split(",")]
+        rows = {k: v for i, (k, v) in enumerate(rows.items()) if i == 0 or any(s in k for s in keep)}
+    print(
+        f"# DiffGrad step benchmark — torch {torch.__version__}, {device}"
+        f" ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}),"
+        f" {time.strftime('%Y-%m-%d')}, {args.rounds} rounds x {args.steps} steps"
+    )
+    for case in args.cases.split(","):
+        if case == "resnet50":
+            shapes = resnet50_shapes(math.sqrt(args.scale))
+        elif case == "single":
+            shapes = [(round(25_000_000 * args.scale),)]
+        else:
+            raise SystemExit(f"unknown case {case!r}")
+        result = run_case(case, shapes, rows, device, dtype, args.rounds, args.steps)
+        numel = sum(math.prod(s) for s in shapes)
+        print(f"\n### {case}: {len(shapes)} tensors, {numel / 1e6:.2f} M parameters, {args.dtype}\n")
+        print(table(result))
+        print()
+        print("\n".join(check_targets(result)))
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

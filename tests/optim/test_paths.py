@@ -1,0 +1,103 @@
+"""The implementation paths against each other and the reference, including the branches that
+test_reference.py's small tensors do not reach: torch's fused Adam kernel (large CPU tensors, and
+every tensor on accelerators) and the sliced per-tensor step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import diffgrad.optim.functional as functional
+from diffgrad import DiffGrad
+from reference import RefState, reference_step
+
+HP = {"lr": 0.01, "betas": (0.8, 0.99), "eps": 1e-6}
+ALL_OPTIONS = {"weight_decay": 0.05, "amsgrad": True, "maximize": True}
+PATHS = {"single_tensor": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+
+
+def _ref_kwargs(options: dict) -> dict:
+    return dict(
+        lr=HP["lr"],
+        beta1=HP["betas"][0],
+        beta2=HP["betas"][1],
+        eps=HP["eps"],
+        weight_decay=options.get("weight_decay", 0.0),
+        decoupled=options.get("decoupled_weight_decay", False),
+        amsgrad=options.get("amsgrad", False),
+        maximize=options.get("maximize", False),
+        friction_name=options.get("friction", "dfc"),
+    )
+
+
+@pytest.mark.parametrize(
+    "options", [ALL_OPTIONS, {"weight_decay": 0.1, "decoupled_weight_decay": True, "friction": "dfc1"}], ids=["all", "decoupled_dfc1"]
+)
+def test_fused_adam_kernel_branch_matches_reference(monkeypatch: pytest.MonkeyPatch, options: dict) -> None:
+    """With every CPU tensor sent to the fused Adam kernel, float64 still equals the reference."""
+    monkeypatch.setattr(functional, "_SERIAL_NUMEL", 0)
+    g = torch.Generator().manual_seed(0)
+    params = [torch.randn(shape, generator=g, dtype=torch.float64).requires_grad_() for shape in [(), (3, 4), (7,)]]
+    opt = DiffGrad(params, **HP, **options)
+    ref = [(p.detach().flatten().tolist(), RefState()) for p in params]
+    for _ in range(40):
+        for i, p in enumerate(params):
+            p.grad = torch.randn(p.shape, generator=g, dtype=torch.float64)
+            theta, st = ref[i]
+            ref[i] = (reference_step(theta, p.grad.flatten().tolist(), st, **_ref_kwargs(options)), st)
+        opt.step()
+    for p, (theta, st) in zip(params, ref):
+        torch.testing.assert_close(p.detach().flatten(), torch.tensor(theta, dtype=torch.float64), rtol=1e-12, atol=1e-14)
+        for key, value in (("exp_avg", st.m), ("exp_avg_sq", st.v), ("previous_grad", st.g_prev)):
+            torch.testing.assert_close(opt.state[p][key].flatten(), torch.tensor(value, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("state_dtype", [None, "8bit"])
+def test_slices_equal_whole_tensors_bit_for_bit(monkeypatch: pytest.MonkeyPatch, state_dtype: str | None) -> None:
+    """The per-tensor path's cache-sized slices (an uneven last one included) change nothing."""
+
+    def run(chunk: int) -> tuple[torch.Tensor, dict]:
+        monkeypatch.setattr(functional, "CHUNK", chunk)
+        g = torch.Generator().manual_seed(0)
+        p = torch.randn(16, 320, generator=g, requires_grad=True)
+        opt = DiffGrad([p], **HP, **ALL_OPTIONS, state_dtype=state_dtype)
+        for _ in range(5):
+            p.grad = torch.randn(p.shape, generator=g)
+            opt.step()
+        return p.detach(), opt.state[p]
+
+    whole_p, whole_state = run(1 << 30)
+    sliced_p, sliced_state = run(768)  # 5120 elements: six slices of 768 and one of 512
+    assert torch.equal(whole_p, sliced_p)
+    for key, value in whole_state.items():
+        assert torch.equal(value, sliced_state[key]), key
+
+
+def test_all_paths_agree_on_every_state_key() -> None:
+    """Per-tensor, foreach and fused, on float32, bfloat16 and float16 parameters together
+    (state in float32), large and small, contiguous or not."""
+    runs = {}
+    for name, path in PATHS.items():
+        g = torch.Generator().manual_seed(0)
+        params = [
+            torch.randn(64, 640, generator=g).requires_grad_(),  # over _SERIAL_NUMEL: fused Adam kernel
+            torch.randn(5, 4, generator=g).t().requires_grad_(),
+            torch.randn(300, generator=g).to(torch.bfloat16).requires_grad_(),
+            torch.randn(3, 7, generator=g).to(torch.float16).requires_grad_(),
+        ]
+        opt = DiffGrad(params, **HP, **ALL_OPTIONS, **path)
+        for _ in range(25):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=g).to(p.dtype)
+            opt.step()
+        runs[name] = (params, opt)
+    base_params, base_opt = runs["single_tensor"]
+    for name, (params, opt) in runs.items():
+        for p, q in zip(base_params, params):
+            # Low-precision parameters may round the same float32 update differently by one ulp.
+            tol = {"rtol": 1e-5, "atol": 1e-6} if p.dtype == torch.float32 else {"rtol": 1e-2, "atol": 1e-3}
+            torch.testing.assert_close(q, p, **tol, msg=f"{name}: param")
+            assert set(opt.state[q]) == set(base_opt.state[p])
+            for key, value in base_opt.state[p].items():
+                assert opt.state[q][key].dtype == (torch.float32 if key != "step" else value.dtype)
+                torch.testing.assert_close(opt.state[q][key], value, rtol=1e-4, atol=1e-6, msg=f"{name}: {key}")
