@@ -355,6 +355,15 @@ def _spans(param: Tensor, grad: Tensor, buffers: list[StateBuffer], friction: Fr
     return [(lo, min(lo + chunk, n)) for lo in range(0, n, chunk)]
 
 
+def _foreach_copy_(targets: list[Tensor], sources: list[Tensor]) -> None:
+    # DTensor (FSDP2) has no sharding rule for aten._foreach_copy_ (torch 2.13): copy one by one.
+    if any(is_traceable_wrapper_subclass(t) for t in targets):
+        for target, source in zip(targets, sources):
+            target.copy_(source)
+    else:
+        torch._foreach_copy_(targets, sources)
+
+
 def _multi_tensor_diffgrad(
     params: list[Tensor],
     grads: list[Tensor],
@@ -426,7 +435,7 @@ def _multi_tensor_diffgrad(
         torch._foreach_add_(denom, [c.eps for c in coefficients])
         torch._foreach_mul_(xis, m)
         torch._foreach_addcdiv_(p, xis, denom, [-c.step_size for c in coefficients])
-        torch._foreach_copy_(prev, g)
+        _foreach_copy_(prev, g)
 
         for targets, tensors, sq in zip([group_params, *buffer_lists], loaded, (False, *_SQRT_DOMAIN)):
             for target, (value, must_store), span in zip(targets, tensors, spans):
