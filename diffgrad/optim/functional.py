@@ -9,7 +9,7 @@ For each parameter with gradient g_t (after AMP unscaling, ``maximize`` and coup
 
 and then g_t goes into the optimizer's own ``previous_grad`` buffer (never an alias of ``.grad``).
 diffGrad's step is Adam's update u_t = −α·m̂_t/(sqrt(v̂_t) + ε) scaled element-wise by ξ_t:
-:func:`_update_` computes u_t (Eq. 11–13, 20), then θ ← θ + ξ_t·u_t, for the per-tensor and the
+:func:`_update_` computes ξ_t, then θ ← θ + ξ_t·u_t (Eq. 11–13, 20), for the per-tensor and the
 compiled paths, with u_t from torch's fused Adam kernel (``_KernelStep``: one pass over m, v and
 u) or from explicit arithmetic (``_Coefficients``: Python floats or 0-dim tensors):
 
@@ -107,35 +107,43 @@ def _coefficients(
     )
 
 
-def _adam_update(
-    g: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, max_exp_avg_sq: Tensor | None, hp: _KernelStep | _Coefficients
-) -> Tensor:
-    """Eq. 11–13 in place on m and v (and v_max); returns Adam's update u = −α·m̂/(sqrt(v̂) + ε)."""
-    if isinstance(hp, _Coefficients):
-        exp_avg.lerp_(g, hp.lerp1)
-        exp_avg_sq.mul_(hp.beta2).addcmul_(g, g, value=hp.lerp2)
-        if max_exp_avg_sq is not None:
-            torch.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
-            exp_avg_sq = max_exp_avg_sq
-        return exp_avg.div(exp_avg_sq.sqrt().add_(hp.eps)).mul_(-hp.step_size)
-    # torch's fused Adam kernel applied to a zero "parameter" leaves u in it.
-    update = torch.zeros_like(g)
-    torch._fused_adam_(
-        [update],
-        [g],
-        [exp_avg],
-        [exp_avg_sq],
-        [] if max_exp_avg_sq is None else [max_exp_avg_sq],
-        [hp.step],
-        lr=hp.lr,
-        beta1=hp.beta1,
-        beta2=hp.beta2,
-        weight_decay=0.0,
-        eps=hp.eps,
-        amsgrad=max_exp_avg_sq is not None,
-        maximize=False,
-    )
-    return update
+def _apply_adam_update_(
+    param: Tensor,
+    xi: Tensor,
+    g: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    max_exp_avg_sq: Tensor | None,
+    hp: _KernelStep | _Coefficients,
+) -> None:
+    """Eq. 11–13 in place on m and v (and v_max), then Eq. 20: θ ← θ + ξ·u with Adam's update
+    u = −α·m̂/(sqrt(v̂) + ε)."""
+    if isinstance(hp, _KernelStep):
+        # torch's fused Adam kernel applied to a zero "parameter" leaves u in it.
+        update = torch.zeros_like(g)
+        torch._fused_adam_(
+            [update],
+            [g],
+            [exp_avg],
+            [exp_avg_sq],
+            [] if max_exp_avg_sq is None else [max_exp_avg_sq],
+            [hp.step],
+            lr=hp.lr,
+            beta1=hp.beta1,
+            beta2=hp.beta2,
+            weight_decay=0.0,
+            eps=hp.eps,
+            amsgrad=max_exp_avg_sq is not None,
+            maximize=False,
+        )
+        param.addcmul_(update, xi)
+        return
+    exp_avg.lerp_(g, hp.lerp1)
+    exp_avg_sq.mul_(hp.beta2).addcmul_(g, g, value=hp.lerp2)
+    if max_exp_avg_sq is not None:
+        torch.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
+        exp_avg_sq = max_exp_avg_sq
+    param.addcdiv_(xi.mul_(exp_avg), exp_avg_sq.sqrt().add_(hp.eps), value=-hp.step_size)
 
 
 def _update_(
@@ -159,10 +167,9 @@ def _update_(
             param.mul_(hp.decay)
         else:
             g = g.add(param, alpha=weight_decay)
-    update = _adam_update(g, exp_avg, exp_avg_sq, max_exp_avg_sq, hp)
     # ξ is computed in g_{t−1}'s storage, which then takes g_t: no temporary for Δg.
     xi = friction_(friction, previous_grad.sub_(g), g)
-    param.addcmul_(update, xi)
+    _apply_adam_update_(param, xi, g, exp_avg, exp_avg_sq, max_exp_avg_sq, hp)
     previous_grad.copy_(g)
 
 
@@ -302,6 +309,12 @@ def _single_tensor_diffgrad(
     # the device. Inside a torch.compile'd training step, the explicit arithmetic on whole tensors,
     # with the step count as a tensor (no .item() graph break, no recompilation as it grows).
     compiling = torch.compiler.is_compiling()
+    options = dict(
+        weight_decay=weight_decay,
+        decoupled_weight_decay=decoupled_weight_decay,
+        scale_grad=grad_factor != 1.0,
+        friction=friction,
+    )
     for i, (param, grad, step_t) in enumerate(zip(params, grads, state_steps)):
         step_t += 1
         n = real_numel(param)
@@ -319,20 +332,19 @@ def _single_tensor_diffgrad(
         else:
             hp = _KernelStep(step_t, lr, beta1, beta2, eps, decay=1.0 - lr * weight_decay, grad_factor=grad_factor)
         buffers = [exp_avgs[i], exp_avg_sqs[i], previous_grads[i], *max_exp_avg_sqs[i : i + 1]]
-        for span in _spans(param, grad, buffers, friction, n if compiling else CHUNK):
-            _step_slice_(
-                param,
-                grad,
-                buffers,
-                hp,
-                span,
-                copy=False,
-                keep=None,
-                weight_decay=weight_decay,
-                decoupled_weight_decay=decoupled_weight_decay,
-                scale_grad=grad_factor != 1.0,
-                friction=friction,
-            )
+        spans = _spans(param, grad, buffers, friction, n if compiling else CHUNK)
+        if (
+            spans == [None]
+            and not param.is_complex()
+            and all(isinstance(b, Tensor) and b.dtype == param.dtype == compute_dtype(param) for b in buffers)
+        ):
+            # Real state in the parameter's own (full-precision) dtype: nothing to load or
+            # store, so skip the per-slice bookkeeping, which would cost more than a small
+            # tensor's arithmetic.
+            _update_(param, grad, *buffers[:3], buffers[3] if len(buffers) > 3 else None, hp, **options)
+            continue
+        for span in spans:
+            _step_slice_(param, grad, buffers, hp, span, copy=False, keep=None, **options)
 
 
 def _spans(param: Tensor, grad: Tensor, buffers: list[StateBuffer], friction: Friction, chunk: int) -> list[Span]:
@@ -545,4 +557,7 @@ def _compiled_fused_step() -> Callable[..., None]:
     # from step to step is a tensor, so a parameter group compiles once. Groups of different
     # shapes each add an entry; allow more of them than Dynamo's default of 8 where supported.
     limits = {"recompile_limit": 64} if "recompile_limit" in inspect.signature(torch.compile).parameters else {}
-    return torch.compile(_fused_step, dynamic=False, fullgraph=True, **limits)
+    # Dynamo's guards already pin every input's size and stride; Inductor's own re-check of
+    # them costs ~2 µs per tensor per step (five tensors per parameter).
+    options = {"size_asserts": False, "alignment_asserts": False}
+    return torch.compile(_fused_step, dynamic=False, fullgraph=True, options=options, **limits)
