@@ -12,10 +12,12 @@ from torch.optim.optimizer import Optimizer, ParamsT
 
 from diffgrad.optim.friction import Friction, get_friction
 from diffgrad.optim.functional import diffgrad
+from diffgrad.optim.modifiers import WARMUPS, Modifiers
 from diffgrad.optim.state import (
     StateBuffer,
     buffer_tensors,
     check_state_dtype,
+    compute_dtype,
     convert_buffer,
     get_buffer,
     new_buffer,
@@ -63,6 +65,21 @@ class DiffGrad(Optimizer):
             (Inductor: C++/OpenMP on CPU, Triton on GPU). The first step compiles (seconds to
             minutes for hundreds of tensors; cached on disk for later runs); learning-rate
             schedules and the step count do not recompile. Cannot be combined with ``foreach``.
+        rectify: rectified diffGrad (diffRGrad): RAdam's rectification of the step; see
+            :mod:`diffgrad.optim.modifiers` for this and the other modifiers' equations.
+        rectify_threshold: ρ_t from which the rectified step applies (RAdam: 5; at least 4).
+        rectify_warmup: the steps before that: ``"sgd"`` (θ ← θ − α·m̂, momentum SGD) or
+            ``"skip"`` (no update).
+        adanorm: AdaNorm (diffGradNorm): the first moment takes g_t rescaled to the running norm
+            e_t = γ·e_{t−1} + (1 − γ)·‖g_t‖₂ when that is larger than ‖g_t‖₂.
+        adanorm_gamma: γ of AdaNorm.
+        adainject: AdaInject (diffGradInject): the first moment takes (g_t + Δθ_t ⊙ g_t²)/k,
+            Δθ_t = θ_{t−1} − θ_t (from the second step on).
+        adainject_k: k of AdaInject.
+        cautious: cautious masking: elements whose update disagrees in sign with the gradient are
+            not updated; the others are scaled by N/(kept + 1).
+        centralize: gradient centralisation: tensors with ≥ 2 dims take g minus its mean over all
+            dims but the first, before everything else.
         state_dtype: storage of exp_avg, exp_avg_sq, previous_grad (and max_exp_avg_sq).
             ``None``: the compute dtype (float32 for bfloat16/float16 parameters, else the
             parameter's dtype); ``torch.bfloat16``; ``torch.float32``/``torch.float64``; or
@@ -86,7 +103,11 @@ class DiffGrad(Optimizer):
     own buffer) and, with ``amsgrad``, ``max_exp_avg_sq``. These are the published code's keys,
     so its state dicts (and those of other DiffGrad implementations) load. An 8-bit buffer is
     stored as uint8 codes under its key plus ``<key>_absmax``; ``exp_avg_sq`` then holds sqrt(v).
-    Loading a state dict converts its buffers to this optimizer's ``state_dtype``.
+    Loading a state dict converts its buffers to this optimizer's ``state_dtype``. The modifiers
+    add ``previous_param`` (AdaInject: θ_{t−1}, in the compute dtype whatever ``state_dtype``, as
+    Δθ is a difference of nearly equal values) and ``exp_grad_norm`` (AdaNorm: e_t, a 0-dim
+    tensor); a state without them (a checkpoint from before the modifier was turned on) starts
+    them at θ and 0.
 
     Mixed precision: parameters may be bfloat16 or float16 (updated in float32 arithmetic and
     rounded once). ``torch.amp.GradScaler`` passes its scale and inf flag to :meth:`step` on
@@ -111,6 +132,15 @@ class DiffGrad(Optimizer):
         foreach: bool | None = None,
         fused: bool | None = None,
         state_dtype: torch.dtype | str | None = None,
+        rectify: bool = False,
+        rectify_threshold: float = 5.0,
+        rectify_warmup: str = "sgd",
+        adanorm: bool = False,
+        adanorm_gamma: float = 0.95,
+        adainject: bool = False,
+        adainject_k: float = 2.0,
+        cautious: bool = False,
+        centralize: bool = False,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -124,6 +154,15 @@ class DiffGrad(Optimizer):
             foreach=foreach,
             fused=fused,
             state_dtype=state_dtype,
+            rectify=rectify,
+            rectify_threshold=rectify_threshold,
+            rectify_warmup=rectify_warmup,
+            adanorm=adanorm,
+            adanorm_gamma=adanorm_gamma,
+            adainject=adainject,
+            adainject_k=adainject_k,
+            cautious=cautious,
+            centralize=centralize,
         )
         _check_options(defaults)
         super().__init__(params, defaults)
@@ -191,6 +230,8 @@ class DiffGrad(Optimizer):
         previous_grads: list[StateBuffer],
         max_exp_avg_sqs: list[StateBuffer],
         state_steps: list[Tensor],
+        previous_params: list[Tensor],
+        exp_grad_norms: list[Tensor],
     ) -> None:
         for p in group["params"]:
             if p.grad is None:
@@ -208,6 +249,11 @@ class DiffGrad(Optimizer):
                     self._set_buffer(state, key, new_buffer(p, group["state_dtype"]))
             if group["amsgrad"] and "max_exp_avg_sq" not in state:
                 self._set_buffer(state, "max_exp_avg_sq", new_buffer(p, group["state_dtype"]))
+            if group["adainject"] and "previous_param" not in state:
+                # θ_{t−1} = θ_t before the first step: Δθ_1 = 0.
+                state["previous_param"] = new_buffer(p, None).copy_(p)
+            if group["adanorm"] and "exp_grad_norm" not in state:
+                state["exp_grad_norm"] = torch.zeros((), dtype=compute_dtype(p), device=p.device)
             params.append(p)
             grads.append(p.grad)
             exp_avgs.append(get_buffer(state, "exp_avg"))
@@ -216,6 +262,10 @@ class DiffGrad(Optimizer):
             state_steps.append(state["step"])
             if group["amsgrad"]:
                 max_exp_avg_sqs.append(get_buffer(state, "max_exp_avg_sq"))
+            if group["adainject"]:
+                previous_params.append(state["previous_param"])
+            if group["adanorm"]:
+                exp_grad_norms.append(state["exp_grad_norm"])
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
@@ -236,8 +286,19 @@ class DiffGrad(Optimizer):
             previous_grads: list[StateBuffer] = []
             max_exp_avg_sqs: list[StateBuffer] = []
             state_steps: list[Tensor] = []
+            previous_params: list[Tensor] = []
+            exp_grad_norms: list[Tensor] = []
             self._init_group(
-                group, params, grads, exp_avgs, exp_avg_sqs, previous_grads, max_exp_avg_sqs, state_steps
+                group,
+                params,
+                grads,
+                exp_avgs,
+                exp_avg_sqs,
+                previous_grads,
+                max_exp_avg_sqs,
+                state_steps,
+                previous_params,
+                exp_grad_norms,
             )
             if not params:
                 continue
@@ -255,6 +316,8 @@ class DiffGrad(Optimizer):
                 state_steps,
                 grad_scale,
                 found_inf,
+                previous_params=previous_params,
+                exp_grad_norms=exp_grad_norms,
                 foreach=foreach,
                 fused=bool(group["fused"]),
                 lr=group["lr"] if group["fused"] else float(group["lr"]),
@@ -266,8 +329,13 @@ class DiffGrad(Optimizer):
                 amsgrad=group["amsgrad"],
                 maximize=group["maximize"],
                 friction=_resolve_friction(group["friction"]),
+                modifiers=_modifiers(group),
             )
         return loss
+
+
+def _modifiers(group: dict[str, Any]) -> Modifiers:
+    return Modifiers(**{name: group[name] for name in Modifiers.__dataclass_fields__})
 
 
 def _resolve_friction(friction: str | Friction) -> Friction:
@@ -305,7 +373,7 @@ def _check_options(group: dict[str, Any]) -> None:
         if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0.0):
             raise ValueError(f"Invalid {name}: {value!r} (must be a float >= 0)")
     _resolve_friction(group["friction"])
-    for name in ("decoupled_weight_decay", "amsgrad", "maximize"):
+    for name in ("decoupled_weight_decay", "amsgrad", "maximize", "rectify", "adanorm", "adainject", "cautious", "centralize"):
         if not isinstance(group[name], bool):
             raise ValueError(f"Invalid {name}: {group[name]!r} (must be a bool)")
     for name in ("foreach", "fused"):
@@ -314,3 +382,14 @@ def _check_options(group: dict[str, Any]) -> None:
     if group["foreach"] and group["fused"]:
         raise ValueError("Invalid foreach/fused: `fused=True` and `foreach=True` cannot be used together")
     check_state_dtype(group["state_dtype"])
+    threshold = group["rectify_threshold"]
+    if not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and threshold >= 4.0):
+        raise ValueError(f"Invalid rectify_threshold: {threshold!r} (must be a float >= 4; r_t needs rho_t >= 4)")
+    if group["rectify_warmup"] not in WARMUPS:
+        raise ValueError(f"Invalid rectify_warmup: {group['rectify_warmup']!r} (must be one of {', '.join(WARMUPS)})")
+    gamma = group["adanorm_gamma"]
+    if not (isinstance(gamma, (int, float)) and not isinstance(gamma, bool) and 0.0 <= gamma < 1.0):
+        raise ValueError(f"Invalid adanorm_gamma: {gamma!r} (must be in [0, 1))")
+    k = group["adainject_k"]
+    if not (isinstance(k, (int, float)) and not isinstance(k, bool) and k > 0.0):
+        raise ValueError(f"Invalid adainject_k: {k!r} (must be a float > 0)")

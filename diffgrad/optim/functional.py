@@ -41,7 +41,8 @@ from torch import Tensor
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from diffgrad.optim.friction import Friction, foreach_friction_, friction_
-from diffgrad.optim.state import Blockwise8, Span, StateBuffer, compute_dtype, flat_viewable, load, real_numel, store
+from diffgrad.optim.modifiers import Modifiers, adanorm_, cautious_, centralized, injected, rectification
+from diffgrad.optim.state import Span, StateBuffer, compute_dtype, flat_viewable, load, real_numel, store
 
 __all__ = ["diffgrad"]
 
@@ -52,6 +53,7 @@ CHUNK = 1 << 18
 # Below this many elements ATen's element-wise CPU kernels run on one thread (its GRAIN_SIZE),
 # while the fused Adam kernel always opens an OpenMP region.
 _SERIAL_NUMEL = 32768
+
 
 
 class _KernelStep(NamedTuple):
@@ -75,8 +77,39 @@ class _Coefficients(NamedTuple):
     beta2: float | Tensor
     lerp2: float | Tensor  # 1 − β2
     eps: float | Tensor  # ε·sqrt(1 − β2^t)
-    step_size: float | Tensor  # α·sqrt(1 − β2^t) / (1 − β1^t)
+    step_size: float | Tensor  # α·r_t·sqrt(1 − β2^t) / (1 − β1^t); r_t = 1 unless rectified
+    momentum_step: float | Tensor  # α·w/(1 − β1^t): the rectified warm-up's momentum step, else 0
+    inject_scale: float | Tensor  # AdaInject's 1/k (1 at t = 1)
     grad_factor: float | Tensor
+
+
+class _Rule(NamedTuple):
+    """What a parameter group's step does: fixed for the group (constants of the compiled graph)."""
+
+    weight_decay: float
+    decoupled_weight_decay: bool
+    scale_grad: bool
+    friction: Friction
+    modifiers: Modifiers
+
+    @property
+    def whole_tensor(self) -> bool:
+        """Whether the step takes whole-tensor statistics (DFC3–5, AdaNorm, cautious)."""
+        return self.friction.uses_stats or self.modifiers.whole_tensor
+
+
+class _Buffers(NamedTuple):
+    """A parameter's element-wise state (or a list of them, one per parameter); None: unused."""
+
+    exp_avg: StateBuffer
+    exp_avg_sq: StateBuffer
+    previous_grad: StateBuffer
+    max_exp_avg_sq: StateBuffer | None = None
+    previous_param: StateBuffer | None = None
+
+
+# Second-moment buffers (v, v_max) are stored in the sqrt domain when quantised.
+_SQRT_DOMAIN = _Buffers(False, True, False, True, False)
 
 
 def _coefficients(
@@ -88,6 +121,7 @@ def _coefficients(
     eps: float,
     weight_decay: float,
     grad_factor: float | Tensor,
+    modifiers: Modifiers,
 ) -> _Coefficients:
     """The scalars of Eq. 13/20 at step t = ``step`` (already incremented; a float or a tensor).
 
@@ -96,30 +130,38 @@ def _coefficients(
     """
     bias_correction1 = 1 - beta1**step
     bias_correction2_sqrt = (1 - beta2**step) ** 0.5
+    ratio, warm = 1.0, 0.0
+    if modifiers.rectify:
+        ratio, warm = rectification(step, beta2, modifiers.rectify_threshold, modifiers.rectify_warmup)
+    inverse_k = 1.0 / modifiers.adainject_k
     return _Coefficients(
         decay=1 - lr * weight_decay,
         lerp1=1 - beta1,
         beta2=beta2,
         lerp2=1 - beta2,
         eps=eps * bias_correction2_sqrt,
-        step_size=lr * bias_correction2_sqrt / bias_correction1,
+        step_size=lr * ratio * bias_correction2_sqrt / bias_correction1,
+        momentum_step=lr * warm / bias_correction1,
+        inject_scale=(step > 1).to(step.dtype) * (inverse_k - 1.0) + 1.0 if isinstance(step, Tensor) else inverse_k if step > 1 else 1.0,
         grad_factor=grad_factor,
     )
 
 
-def _apply_adam_update_(
+def _apply_update_(
     param: Tensor,
     xi: Tensor,
+    first: Tensor,
     g: Tensor,
-    exp_avg: Tensor,
-    exp_avg_sq: Tensor,
-    max_exp_avg_sq: Tensor | None,
+    buffers: _Buffers,
     hp: _KernelStep | _Coefficients,
+    modifiers: Modifiers,
 ) -> None:
-    """Eq. 11–13 in place on m and v (and v_max), then Eq. 20: θ ← θ + ξ·u with Adam's update
-    u = −α·m̂/(sqrt(v̂) + ε)."""
+    """Eq. 11–13 in place on m (from ``first``: g, or its AdaNorm/AdaInject form) and v (and
+    v_max), then Eq. 20, θ ← θ − α·u with u = ξ·m̂/(sqrt(v̂) + ε), rectified and masked as
+    ``modifiers`` ask."""
+    exp_avg, exp_avg_sq, max_exp_avg_sq = buffers.exp_avg, buffers.exp_avg_sq, buffers.max_exp_avg_sq
     if isinstance(hp, _KernelStep):
-        # torch's fused Adam kernel applied to a zero "parameter" leaves u in it.
+        # torch's fused Adam kernel applied to a zero "parameter" leaves −α·m̂/(sqrt(v̂) + ε) in it.
         update = torch.zeros_like(g)
         torch._fused_adam_(
             [update],
@@ -138,83 +180,92 @@ def _apply_adam_update_(
         )
         param.addcmul_(update, xi)
         return
-    exp_avg.lerp_(g, hp.lerp1)
+    exp_avg.lerp_(first, hp.lerp1)
     exp_avg_sq.mul_(hp.beta2).addcmul_(g, g, value=hp.lerp2)
     if max_exp_avg_sq is not None:
         torch.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
         exp_avg_sq = max_exp_avg_sq
-    param.addcdiv_(xi.mul_(exp_avg), exp_avg_sq.sqrt().add_(hp.eps), value=-hp.step_size)
+    denominator = exp_avg_sq.sqrt().add_(hp.eps)
+    if not (modifiers.rectify or modifiers.cautious):
+        param.addcdiv_(xi.mul_(exp_avg), denominator, value=-hp.step_size)
+        return
+    # α·u = m·(ξ·s_t/(sqrt(v) + ε_t) + the rectified warm-up's α·w/(1 − β1^t)).
+    update = xi.mul_(hp.step_size).div_(denominator)
+    if modifiers.rectify:
+        update.add_(hp.momentum_step)
+    update.mul_(exp_avg)
+    if modifiers.cautious:
+        cautious_(update, g)
+    param.sub_(update)
 
 
 def _update_(
     param: Tensor,
     grad: Tensor,
-    exp_avg: Tensor,
-    exp_avg_sq: Tensor,
-    previous_grad: Tensor,
-    max_exp_avg_sq: Tensor | None,
+    buffers: _Buffers,
+    exp_grad_norm: Tensor | None,
     hp: _KernelStep | _Coefficients,
-    *,
-    weight_decay: float,
-    decoupled_weight_decay: bool,
-    scale_grad: bool,
-    friction: Friction,
+    rule: _Rule,
 ) -> None:
-    """One diffGrad step (Eq. 11–20) on matching slices, in place; ``grad`` is only read."""
-    g = grad.mul(hp.grad_factor) if scale_grad else grad
-    if weight_decay != 0.0:
-        if decoupled_weight_decay:
-            param.mul_(hp.decay)
-        else:
-            g = g.add(param, alpha=weight_decay)
+    """One diffGrad step (Eq. 11–20, with the modifiers of ``rule``) on matching slices, in
+    place; ``grad`` is only read."""
+    g = grad.mul(hp.grad_factor) if rule.scale_grad else grad
+    decay = rule.weight_decay != 0.0
+    if decay and not rule.decoupled_weight_decay:
+        g = g.add(param, alpha=rule.weight_decay)
+    first = g if exp_grad_norm is None else adanorm_(g, exp_grad_norm, rule.modifiers.adanorm_gamma)
+    if buffers.previous_param is not None:
+        # Δθ = θ_{t−1} − θ_t in θ_{t−1}'s storage, which then takes θ_t, before the step moves it.
+        first = injected(first, buffers.previous_param.sub_(param), hp.inject_scale)
+        _snapshot_([buffers.previous_param], [param])
+    if decay and rule.decoupled_weight_decay:
+        param.mul_(hp.decay)
     # ξ is computed in g_{t−1}'s storage, which then takes g_t: no temporary for Δg.
-    xi = friction_(friction, previous_grad.sub_(g), g)
-    _apply_adam_update_(param, xi, g, exp_avg, exp_avg_sq, max_exp_avg_sq, hp)
-    previous_grad.copy_(g)
+    xi = friction_(rule.friction, buffers.previous_grad.sub_(g), g)
+    _apply_update_(param, xi, first, g, buffers, hp, rule.modifiers)
+    buffers.previous_grad.copy_(g)
 
 
-# Second-moment buffers (v, v_max) are stored in the sqrt domain when quantised.
-_SQRT_DOMAIN = (False, True, False, True)
+def _snapshot_(targets: list[Tensor], sources: list[Tensor]) -> None:
+    """targets ← sources, which the step then updates in place."""
+    _foreach_copy_(targets, sources)
+    if torch.compiler.is_compiling():
+        # Inductor 2.13 lets a copy of a tensor that the graph later updates in place read the
+        # updated values; an exact no-op (x + 0 = x) makes the copy a value of its own.
+        torch._foreach_add_(targets, 0.0)
 
 
 def _step_slice_(
     param: Tensor,
     grad: Tensor,
-    buffers: list[StateBuffer],
+    buffers: _Buffers,
+    exp_grad_norm: Tensor | None,
     hp: _KernelStep | _Coefficients,
     span: Span,
+    rule: _Rule,
     *,
     copy: bool,
     keep: Tensor | None,
-    weight_decay: float,
-    decoupled_weight_decay: bool,
-    scale_grad: bool,
-    friction: Friction,
 ) -> None:
-    """Load the elements ``span`` of a parameter and its state (exp_avg, exp_avg_sq,
-    previous_grad and, with AMSGrad, max_exp_avg_sq) in the compute dtype, step them, store them
-    back. ``span=None``: whole tensors in their own shapes (only when no buffer is 8-bit)."""
+    """Load the elements ``span`` of a parameter and its state in the compute dtype, step them,
+    store them back. ``span=None``: whole tensors in their own shapes (only when no buffer is
+    8-bit). ``exp_grad_norm`` (AdaNorm, 0-dim) needs a span of the whole tensor."""
     dtype = compute_dtype(param)
     p, store_p = load(param, span, dtype, copy=copy)
     g, _ = load(grad, span, dtype, copy=False)
-    loaded = [load(b, span, dtype, copy=copy, sqrt_domain=sq) for b, sq in zip(buffers, _SQRT_DOMAIN)]
-    work = [t for t, _ in loaded]
-    _update_(
-        p,
-        g,
-        *work[:3],
-        work[3] if len(work) > 3 else None,
-        hp,
-        weight_decay=weight_decay,
-        decoupled_weight_decay=decoupled_weight_decay,
-        scale_grad=scale_grad,
-        friction=friction,
+    loaded = _Buffers(
+        *(None if b is None else load(b, span, dtype, copy=copy, sqrt_domain=sq) for b, sq in zip(buffers, _SQRT_DOMAIN))
     )
+    norm = exp_grad_norm.clone() if copy and exp_grad_norm is not None else exp_grad_norm
+    _update_(p, g, _Buffers(*(None if x is None else x[0] for x in loaded)), norm, hp, rule)
     if store_p:
         store(param, p, span, keep=keep)
-    for buffer, (value, must_store), sq in zip(buffers, loaded, _SQRT_DOMAIN):
-        if must_store:
-            store(buffer, value, span, keep=keep, sqrt_domain=sq)
+    for buffer, value, sq in zip(buffers, loaded, _SQRT_DOMAIN):
+        if value is not None and value[1]:
+            store(buffer, value[0], span, keep=keep, sqrt_domain=sq)
+    if norm is not exp_grad_norm:
+        # Through a flat view: Inductor 2.13 drops in-place writes to 0-dim float64 CPU tensors.
+        store(exp_grad_norm.view(1), norm.view(1), None, keep=keep)
 
 
 def diffgrad(
@@ -228,6 +279,8 @@ def diffgrad(
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
     *,
+    previous_params: list[Tensor] | None = None,
+    exp_grad_norms: list[Tensor] | None = None,
     foreach: bool = False,
     fused: bool = False,
     lr: float | Tensor,
@@ -239,25 +292,43 @@ def diffgrad(
     amsgrad: bool,
     maximize: bool,
     friction: Friction,
+    modifiers: Modifiers = Modifiers(),
 ) -> None:
     """Functional diffGrad: one step over lists of parameters and their state, updated in place.
 
-    ``max_exp_avg_sqs`` is empty unless ``amsgrad``. ``grads`` are read, never written. State
-    buffers are tensors or :class:`~diffgrad.optim.state.Blockwise8`. ``grad_scale`` and
-    ``found_inf`` come from ``torch.amp.GradScaler``: gradients are divided by ``grad_scale``,
-    and where ``found_inf`` is non-zero the step leaves parameters and state untouched.
-    ``fused`` runs the compiled single-pass step; ``foreach`` the ``torch._foreach_*`` one.
+    ``max_exp_avg_sqs`` is empty unless ``amsgrad``; ``previous_params`` (θ_{t−1}) is needed with
+    ``modifiers.adainject`` and ``exp_grad_norms`` (0-dim) with ``modifiers.adanorm``. ``grads``
+    are read, never written. State buffers are tensors or
+    :class:`~diffgrad.optim.state.Blockwise8`. ``grad_scale`` and ``found_inf`` come from
+    ``torch.amp.GradScaler``: gradients are divided by ``grad_scale``, and where ``found_inf`` is
+    non-zero the step leaves parameters and state untouched. ``fused`` runs the compiled
+    single-pass step; ``foreach`` the ``torch._foreach_*`` one.
     """
     if foreach and fused:
         raise RuntimeError("DiffGrad: `fused` and `foreach` cannot both be True")
+    for name, values, needed in (
+        ("previous_params", previous_params, modifiers.adainject),
+        ("exp_grad_norms", exp_grad_norms, modifiers.adanorm),
+    ):
+        if needed and (values is None or len(values) != len(params)):
+            raise ValueError(f"diffgrad: `{name}` must hold one tensor per parameter with this modifier on")
+    if modifiers.centralize:
+        # Before everything else, for every path alike. (Also outside the compiled step: Inductor
+        # 2.13's CPU outer-loop fusion fails on a row mean fused with the rectified update.)
+        grads = [centralized(g) for g in grads]
+    state = _Buffers(
+        exp_avgs,
+        exp_avg_sqs,
+        previous_grads,
+        max_exp_avg_sqs if amsgrad else None,
+        previous_params if modifiers.adainject else None,
+    )
     impl = _fused_diffgrad if fused else _multi_tensor_diffgrad if foreach else _single_tensor_diffgrad
     impl(
         params,
         grads,
-        exp_avgs,
-        exp_avg_sqs,
-        previous_grads,
-        max_exp_avg_sqs if amsgrad else [],
+        state,
+        exp_grad_norms if modifiers.adanorm else None,
         state_steps,
         grad_scale,
         found_inf,
@@ -269,6 +340,7 @@ def diffgrad(
         decoupled_weight_decay=decoupled_weight_decay,
         maximize=maximize,
         friction=friction,
+        modifiers=modifiers,
     )
 
 
@@ -280,13 +352,20 @@ def _eager_grad_factor(grad_scale: Tensor | None, found_inf: Tensor | None, maxi
     return factor if grad_scale is None else factor / grad_scale.item()
 
 
+def _at(values: list[Tensor] | None, i: int) -> Tensor | None:
+    return None if values is None else values[i]
+
+
+def _select(state: _Buffers, indices: list[int]) -> _Buffers:
+    """The state of the parameters ``indices``, as lists (None stays None)."""
+    return _Buffers(*(None if b is None else [b[i] for i in indices] for b in state))
+
+
 def _single_tensor_diffgrad(
     params: list[Tensor],
     grads: list[Tensor],
-    exp_avgs: list[StateBuffer],
-    exp_avg_sqs: list[StateBuffer],
-    previous_grads: list[StateBuffer],
-    max_exp_avg_sqs: list[StateBuffer],
+    state: _Buffers,
+    exp_grad_norms: list[Tensor] | None,
     state_steps: list[Tensor],
     grad_scale: Tensor | None,
     found_inf: Tensor | None,
@@ -299,27 +378,29 @@ def _single_tensor_diffgrad(
     decoupled_weight_decay: bool,
     maximize: bool,
     friction: Friction,
+    modifiers: Modifiers,
 ) -> None:
     grad_factor = _eager_grad_factor(grad_scale, found_inf, maximize)
     if grad_factor is None:
         return
     lr = float(lr)
+    rule = _Rule(weight_decay, decoupled_weight_decay, grad_factor != 1.0, friction, modifiers)
     # torch's fused Adam kernel pays off for large plain CPU tensors only: for small ones its
     # OpenMP region costs more than their whole step, and off the CPU it would want ``step`` on
     # the device. Inside a torch.compile'd training step, the explicit arithmetic on whole tensors,
     # with the step count as a tensor (no .item() graph break, no recompilation as it grows).
     compiling = torch.compiler.is_compiling()
-    options = dict(
-        weight_decay=weight_decay,
-        decoupled_weight_decay=decoupled_weight_decay,
-        scale_grad=grad_factor != 1.0,
-        friction=friction,
-    )
     for i, (param, grad, step_t) in enumerate(zip(params, grads, state_steps)):
         step_t += 1
         n = real_numel(param)
         hp: _KernelStep | _Coefficients
-        if compiling or param.device.type != "cpu" or n < _SERIAL_NUMEL or is_traceable_wrapper_subclass(param):
+        if (
+            compiling
+            or not modifiers.adam_kernel_compatible
+            or param.device.type != "cpu"
+            or n < _SERIAL_NUMEL
+            or is_traceable_wrapper_subclass(param)
+        ):
             hp = _coefficients(
                 step_t.to(torch.float64) if compiling else step_t.item(),
                 lr=lr,
@@ -328,41 +409,44 @@ def _single_tensor_diffgrad(
                 eps=eps,
                 weight_decay=weight_decay,
                 grad_factor=grad_factor,
+                modifiers=modifiers,
             )
         else:
             hp = _KernelStep(step_t, lr, beta1, beta2, eps, decay=1.0 - lr * weight_decay, grad_factor=grad_factor)
-        buffers = [exp_avgs[i], exp_avg_sqs[i], previous_grads[i], *max_exp_avg_sqs[i : i + 1]]
-        spans = _spans(param, grad, buffers, friction, n if compiling else CHUNK)
+        buffers = _Buffers(*(_at(b, i) for b in state))
+        norm = _at(exp_grad_norms, i)
+        spans = _spans(param, grad, buffers, whole=rule.whole_tensor, chunk=n if compiling else CHUNK)
         if (
             spans == [None]
             and not param.is_complex()
-            and all(isinstance(b, Tensor) and b.dtype == param.dtype == compute_dtype(param) for b in buffers)
+            and all(b is None or (isinstance(b, Tensor) and b.dtype == param.dtype == compute_dtype(param)) for b in buffers)
         ):
             # Real state in the parameter's own (full-precision) dtype: nothing to load or
             # store, so skip the per-slice bookkeeping, which would cost more than a small
             # tensor's arithmetic.
-            _update_(param, grad, *buffers[:3], buffers[3] if len(buffers) > 3 else None, hp, **options)
+            _update_(param, grad, buffers, norm, hp, rule)
             continue
         for span in spans:
-            _step_slice_(param, grad, buffers, hp, span, copy=False, keep=None, **options)
+            _step_slice_(param, grad, buffers, norm, hp, span, rule, copy=False, keep=None)
 
 
-def _spans(param: Tensor, grad: Tensor, buffers: list[StateBuffer], friction: Friction, chunk: int) -> list[Span]:
+def _spans(param: Tensor, grad: Tensor, buffers: _Buffers, *, whole: bool, chunk: int) -> list[Span]:
     """How to cut one parameter's step into slices of at most ``chunk`` elements.
 
     Whole tensors keep their own shape (span ``None``) when every tensor involved is plain and
     contiguous (the fused Adam kernel pairs elements by memory order); otherwise, and for 8-bit
     state and 0-dim tensors, they go flat (Inductor 2.13 drops in-place writes to 0-dim float64
-    CPU tensors; their flat views are written correctly). DFC3–5 take statistics of the whole
-    gradient: never sliced.
+    CPU tensors; their flat views are written correctly). A step that takes whole-tensor
+    statistics (``whole``) is never sliced.
     """
     n = real_numel(param)
     if is_traceable_wrapper_subclass(param):
         # A DTensor's (FSDP2) local shard cannot be flattened or sliced in global terms.
         return [None]
-    if param.dim() == 0 or not all(isinstance(t, Tensor) and flat_viewable(t) for t in (param, grad, *buffers)):
+    tensors = (param, grad, *(b for b in buffers if b is not None))
+    if param.dim() == 0 or not all(isinstance(t, Tensor) and flat_viewable(t) for t in tensors):
         return [(0, n)]
-    if n <= chunk or friction.uses_stats:
+    if n <= chunk or whole:
         return [None]
     return [(lo, min(lo + chunk, n)) for lo in range(0, n, chunk)]
 
@@ -379,10 +463,8 @@ def _foreach_copy_(targets: list[Tensor], sources: list[Tensor]) -> None:
 def _multi_tensor_diffgrad(
     params: list[Tensor],
     grads: list[Tensor],
-    exp_avgs: list[StateBuffer],
-    exp_avg_sqs: list[StateBuffer],
-    previous_grads: list[StateBuffer],
-    max_exp_avg_sqs: list[StateBuffer],
+    state: _Buffers,
+    exp_grad_norms: list[Tensor] | None,
     state_steps: list[Tensor],
     grad_scale: Tensor | None,
     found_inf: Tensor | None,
@@ -395,6 +477,7 @@ def _multi_tensor_diffgrad(
     decoupled_weight_decay: bool,
     maximize: bool,
     friction: Friction,
+    modifiers: Modifiers,
 ) -> None:
     if not params:
         return
@@ -402,54 +485,81 @@ def _multi_tensor_diffgrad(
     if grad_factor is None:
         return
     lr = float(lr)
-    amsgrad = bool(max_exp_avg_sqs)
     for indices in _by_device_and_dtype(params):
         group_params = [params[i] for i in indices]
-        buffer_lists = [[b[i] for i in indices] for b in (exp_avgs, exp_avg_sqs, previous_grads, max_exp_avg_sqs) if b]
+        group_grads = [grads[i] for i in indices]
+        buffer_lists = _select(state, indices)
+        norms = None if exp_grad_norms is None else [exp_grad_norms[i] for i in indices]
         # Whole tensors in the compute dtype: views of plain buffers, converted copies otherwise.
         dtype = compute_dtype(group_params[0])
         spans = [
-            _spans(p, grads[i], [b[j] for b in buffer_lists], friction, real_numel(p))[0]
-            for j, (i, p) in enumerate(zip(indices, group_params))
+            _spans(p, g, _Buffers(*(_at(b, j) for b in buffer_lists)), whole=True, chunk=real_numel(p))[0]
+            for j, (p, g) in enumerate(zip(group_params, group_grads))
         ]
         loaded = [
-            [load(b, span, dtype, copy=False, sqrt_domain=sq) for b, span in zip(blist, spans)]
-            for blist, sq in zip([group_params, *buffer_lists], (False, *_SQRT_DOMAIN))
+            None if blist is None else [load(b, span, dtype, copy=False, sqrt_domain=sq) for b, span in zip(blist, spans)]
+            for blist, sq in zip((group_params, *buffer_lists), (False, *_SQRT_DOMAIN))
         ]
-        p, m, v, prev, *rest = [[t for t, _ in tensors] for tensors in loaded]
-        g = [load(grads[i], span, dtype, copy=False)[0] for i, span in zip(indices, spans)]
+        p, m, v, prev, v_max, previous_p = [None if tensors is None else [t for t, _ in tensors] for tensors in loaded]
+        g = [load(grad, span, dtype, copy=False)[0] for grad, span in zip(group_grads, spans)]
         group_steps = [state_steps[i] for i in indices]
 
         torch._foreach_add_(group_steps, 1.0)
         # The caller's .grad is only read: a changed g_t goes into new tensors.
         if grad_factor != 1.0:
             g = torch._foreach_mul(g, grad_factor)
-        if weight_decay != 0.0:
-            if decoupled_weight_decay:
-                torch._foreach_mul_(p, 1.0 - lr * weight_decay)
-            else:
-                g = torch._foreach_add(g, p, alpha=weight_decay)
+        decay = weight_decay != 0.0
+        if decay and not decoupled_weight_decay:
+            g = torch._foreach_add(g, p, alpha=weight_decay)
         coefficients = [
-            _coefficients(t.item(), lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, grad_factor=grad_factor)
+            _coefficients(
+                t.item(),
+                lr=lr,
+                beta1=beta1,
+                beta2=beta2,
+                eps=eps,
+                weight_decay=weight_decay,
+                grad_factor=grad_factor,
+                modifiers=modifiers,
+            )
             for t in group_steps
         ]
-        torch._foreach_lerp_(m, g, 1.0 - beta1)
+        first = g if norms is None else [adanorm_(x, e, modifiers.adanorm_gamma) for x, e in zip(g, norms)]
+        if previous_p is not None:
+            torch._foreach_sub_(previous_p, p)
+            first = [injected(s, change, c.inject_scale) for s, change, c in zip(first, previous_p, coefficients)]
+            _snapshot_(previous_p, p)
+        if decay and decoupled_weight_decay:
+            torch._foreach_mul_(p, 1.0 - lr * weight_decay)
+        torch._foreach_lerp_(m, first, 1.0 - beta1)
         torch._foreach_mul_(v, beta2)
         torch._foreach_addcmul_(v, g, g, 1.0 - beta2)
         second_moments = v
-        if amsgrad:
-            second_moments = rest[0]
-            torch._foreach_maximum_(second_moments, v)
+        if v_max is not None:
+            torch._foreach_maximum_(v_max, v)
+            second_moments = v_max
         # ξ in g_{t−1}'s storage, which then takes g_t.
         torch._foreach_sub_(prev, g)
         xis = foreach_friction_(friction, prev, g)
-        denom = torch._foreach_sqrt(second_moments)
-        torch._foreach_add_(denom, [c.eps for c in coefficients])
+        denominators = torch._foreach_sqrt(second_moments)
+        torch._foreach_add_(denominators, [c.eps for c in coefficients])
         torch._foreach_mul_(xis, m)
-        torch._foreach_addcdiv_(p, xis, denom, [-c.step_size for c in coefficients])
+        if modifiers.rectify or modifiers.cautious:
+            torch._foreach_div_(xis, denominators)
+            torch._foreach_mul_(xis, [c.step_size for c in coefficients])
+            if modifiers.rectify:
+                torch._foreach_add_(xis, torch._foreach_mul(m, [c.momentum_step for c in coefficients]))
+            if modifiers.cautious:
+                for update, grad in zip(xis, g):
+                    cautious_(update, grad)
+            torch._foreach_sub_(p, xis)
+        else:
+            torch._foreach_addcdiv_(p, xis, denominators, [-c.step_size for c in coefficients])
         _foreach_copy_(prev, g)
 
-        for targets, tensors, sq in zip([group_params, *buffer_lists], loaded, (False, *_SQRT_DOMAIN)):
+        for targets, tensors, sq in zip((group_params, *buffer_lists), loaded, (False, *_SQRT_DOMAIN)):
+            if targets is None:
+                continue
             for target, (value, must_store), span in zip(targets, tensors, spans):
                 if must_store:
                     store(target, value, span, sqrt_domain=sq)
@@ -465,10 +575,8 @@ def _by_device_and_dtype(params: list[Tensor]) -> list[list[int]]:
 def _fused_diffgrad(
     params: list[Tensor],
     grads: list[Tensor],
-    exp_avgs: list[StateBuffer],
-    exp_avg_sqs: list[StateBuffer],
-    previous_grads: list[StateBuffer],
-    max_exp_avg_sqs: list[StateBuffer],
+    state: _Buffers,
+    exp_grad_norms: list[Tensor] | None,
     state_steps: list[Tensor],
     grad_scale: Tensor | None,
     found_inf: Tensor | None,
@@ -481,9 +589,11 @@ def _fused_diffgrad(
     decoupled_weight_decay: bool,
     maximize: bool,
     friction: Friction,
+    modifiers: Modifiers,
 ) -> None:
     if not params:
         return
+    rule = _Rule(weight_decay, decoupled_weight_decay, maximize or grad_scale is not None, friction, modifiers)
     for indices in _by_device_and_dtype(params):
         device = params[indices[0]].device
         steps = [state_steps[i] for i in indices]
@@ -500,6 +610,7 @@ def _fused_diffgrad(
             eps=eps,
             weight_decay=weight_decay,
             grad_factor=grad_factor,
+            modifiers=modifiers,
         )
         # One row of scalars per tensor, computed here (a few tiny kernels) rather than in the
         # compiled graph, where Inductor would re-evaluate β^t inside every element loop.
@@ -509,13 +620,11 @@ def _fused_diffgrad(
         _compiled_fused_step()(
             [params[i] for i in indices],
             [grads[i] for i in indices],
-            [[b[i] for i in indices] for b in (exp_avgs, exp_avg_sqs, previous_grads, max_exp_avg_sqs) if b],
+            _select(state, indices),
+            None if exp_grad_norms is None else [exp_grad_norms[i] for i in indices],
             table,
             device_found_inf,
-            weight_decay=weight_decay,
-            decoupled_weight_decay=decoupled_weight_decay,
-            scale_grad=maximize or grad_scale is not None,
-            friction=friction,
+            rule,
         )
         if device_found_inf is not None:
             torch._foreach_sub_(steps, [device_found_inf] * len(steps))
@@ -524,31 +633,19 @@ def _fused_diffgrad(
 def _fused_step(
     params: list[Tensor],
     grads: list[Tensor],
-    buffer_lists: list[list[StateBuffer]],
+    state: _Buffers,
+    exp_grad_norms: list[Tensor] | None,
     table: Tensor,
     found_inf: Tensor | None,
-    *,
-    weight_decay: float,
-    decoupled_weight_decay: bool,
-    scale_grad: bool,
-    friction: Friction,
+    rule: _Rule,
 ) -> None:
     """The traced body of the fused step: :func:`_step_slice_` on every whole tensor."""
     keep = None if found_inf is None else found_inf != 0
     for i, (param, grad) in enumerate(zip(params, grads)):
-        _step_slice_(
-            param,
-            grad,
-            [b[i] for b in buffer_lists],
-            _Coefficients(*table[i].unbind()),
-            _spans(param, grad, [b[i] for b in buffer_lists], friction, real_numel(param))[0],
-            copy=True,
-            keep=keep,
-            weight_decay=weight_decay,
-            decoupled_weight_decay=decoupled_weight_decay,
-            scale_grad=scale_grad,
-            friction=friction,
-        )
+        buffers = _Buffers(*(_at(b, i) for b in state))
+        span = _spans(param, grad, buffers, whole=True, chunk=real_numel(param))[0]
+        hp = _Coefficients(*table[i].unbind())
+        _step_slice_(param, grad, buffers, _at(exp_grad_norms, i), hp, span, rule, copy=True, keep=keep)
 
 
 @functools.cache

@@ -37,6 +37,8 @@ class RefState:
     v: list[float] = field(default_factory=list)
     g_prev: list[float] = field(default_factory=list)
     v_max: list[float] = field(default_factory=list)
+    norm: float = 0.0  # AdaNorm's e_t
+    theta_prev: list[float] = field(default_factory=list)  # AdaInject's θ_{t−1}
 
 
 def reference_step(
@@ -53,33 +55,72 @@ def reference_step(
     amsgrad: bool = False,
     maximize: bool = False,
     friction_name: str = "dfc",
+    rectify: bool = False,
+    rectify_threshold: float = 5.0,
+    rectify_warmup: str = "sgd",
+    adanorm_gamma: float | None = None,
+    adainject_k: float | None = None,
+    cautious: bool = False,
+    centralize_rows: int | None = None,
 ) -> list[float]:
-    """One diffGrad step (Eq. 11–20) on a flat list of parameter values; returns the new values."""
+    """One diffGrad step (Eq. 11–20) on a flat list of parameter values; returns the new values.
+
+    The family's modifiers (PAPER §8) when asked: ``centralize_rows`` is the size of the first
+    dim of a tensor with ≥ 2 dims (the list is its row-major flattening)."""
     n = len(theta)
     if st.step == 0:
         st.m, st.v, st.g_prev, st.v_max = [0.0] * n, [0.0] * n, [0.0] * n, [0.0] * n
     st.step += 1
     t = st.step
     g = [-x for x in grad] if maximize else list(grad)
+    if centralize_rows:
+        width = n // centralize_rows
+        for r in range(centralize_rows):
+            row_mean = sum(g[r * width : (r + 1) * width]) / width
+            for i in range(r * width, (r + 1) * width):
+                g[i] -= row_mean
+    theta_start = list(theta)
     theta = list(theta)
     if weight_decay:
         if decoupled:
             theta = [p * (1.0 - lr * weight_decay) for p in theta]
         else:
             g = [gi + weight_decay * p for gi, p in zip(g, theta)]
+    first = list(g)
+    if adanorm_gamma is not None:
+        norm = math.sqrt(sum(x * x for x in g))
+        st.norm = adanorm_gamma * st.norm + (1 - adanorm_gamma) * norm
+        if st.norm > norm:
+            first = [st.norm / norm * x for x in g]
+    if adainject_k is not None:
+        if t > 1:
+            first = [(s + (prev - cur) * s * s) / adainject_k for s, prev, cur in zip(first, st.theta_prev, theta_start)]
+        st.theta_prev = theta_start
     mu = sum(abs(x) for x in g) / n
     nu = math.sqrt(sum((abs(x) - mu) ** 2 for x in g) / n)
-    out = []
+    rho_inf = 2 / (1 - beta2) - 1
+    rho_t = rho_inf - 2 * t * beta2**t / (1 - beta2**t)
+    u = []
     for i in range(n):
-        st.m[i] = beta1 * st.m[i] + (1 - beta1) * g[i]
+        st.m[i] = beta1 * st.m[i] + (1 - beta1) * first[i]
         st.v[i] = beta2 * st.v[i] + (1 - beta2) * g[i] * g[i]
         st.v_max[i] = max(st.v_max[i], st.v[i])
         m_hat = st.m[i] / (1 - beta1**t)
         v_hat = (st.v_max[i] if amsgrad else st.v[i]) / (1 - beta2**t)
         xi = friction(friction_name, st.g_prev[i] - g[i], mu, nu)
         st.g_prev[i] = g[i]
-        out.append(theta[i] - lr * xi * m_hat / (math.sqrt(v_hat) + eps))
-    return out
+        u_i = xi * m_hat / (math.sqrt(v_hat) + eps)
+        if rectify:
+            if rho_t >= rectify_threshold:
+                u_i *= math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+            else:
+                u_i = m_hat if rectify_warmup == "sgd" else 0.0
+        u.append(u_i)
+    if cautious:
+        mask = [1.0 if u_i * g_i > 0 else 0.0 for u_i, g_i in zip(u, g)]
+        scale = n / (sum(mask) + 1)
+        u = [u_i * k * scale for u_i, k in zip(u, mask)]
+    return [p - lr * u_i for p, u_i in zip(theta, u)]
 
 
 def adam_step(theta: list[float], grad: list[float], st: RefState, *, lr, beta1, beta2, eps) -> list[float]:
