@@ -7,7 +7,8 @@ lab where optimizers are built.
 
 Defaults are the constructor defaults of each class (PyTorch's for ``torch.optim``,
 pytorch_optimizer's for the peers) plus what makes the name mean what it says (SGDM's momentum
-0.9 from the paper, ``amsgrad=True``, a friction variant, decoupled decay). The paper's protocol
+0.9 from the paper, ``amsgrad=True``, a friction variant, decoupled decay, one diffGrad-family
+modifier of PAPER.md §8 switched on). The paper's protocol
 (PAPER.md §6: "PyTorch defaults for every optimizer, one learning rate for all") is read as
 lr = 1e-3 for every optimizer — Adadelta (torch default lr 1.0), Adagrad and RMSprop (1e-2)
 included — with every other argument at these defaults; the runner applies that learning rate,
@@ -177,6 +178,21 @@ def _specs() -> list[OptimizerSpec]:
         )
         for k in range(1, 6)
     ]
+    # The diffGrad family (PAPER.md §8): one modifier each, every other option at DiffGrad's default.
+    family = [
+        OptimizerSpec(f"diffgrad-{suffix}", description, DiffGrad, {option: True})
+        for suffix, option, description in (
+            ("rect", "rectify", "diffRGrad: diffGrad with RAdam's rectification and momentum-SGD warm-up "
+             "(Liu et al., ICLR 2020)"),
+            ("norm", "adanorm", "diffGradNorm: diffGrad with AdaNorm's gradient-norm correction of the first "
+             "moment (Dubey et al., WACV 2023)"),
+            ("inject", "adainject", "diffGradInject: diffGrad with AdaInject's Δθ ⊙ g² injection into the first "
+             "moment (Dubey et al., IEEE TAI 2023)"),
+            ("cautious", "cautious", 'diffGrad with cautious masking of update components that disagree in sign '
+             'with the gradient (Liang et al., "Cautious Optimizers", 2024)'),
+            ("gc", "centralize", "diffGrad with gradient centralisation of ≥2-D tensors (Yong et al., ECCV 2020)"),
+        )
+    ]
     peers = "pytorch_optimizer"
     return [
         OptimizerSpec("diffgrad", "diffGrad, friction DFC = sigmoid(|Δg|) (the paper's default)", DiffGrad),
@@ -188,6 +204,7 @@ def _specs() -> list[OptimizerSpec]:
             DiffGrad,
             {"decoupled_weight_decay": True, "weight_decay": 1e-2},
         ),
+        *family,
         OptimizerSpec(
             "diffgrad-published",
             "the published code's behaviour (aliased previous_grad): Adam at lr/2 after step 1 (PAPER.md §2)",

@@ -2,8 +2,9 @@
 
 Sections of the report: (1) the 1-D functions of Sec. V (Eq. 24–26, Fig. 4); (2) average regret on
 online convex problems (Sec. IV); (3) the Table I protocol; (4) the friction variants (Table II)
-and activations (Table III) under the same protocol; (5) a fair, tuned comparison; (6) a verdict
-generated from the numbers above. Every training run lives in the results database; re-running
+and activations (Table III) under the same protocol; (5) a fair, tuned comparison; (6) the diffGrad
+family of the follow-up papers (PAPER.md §8) under the same tuned protocol; and a verdict generated
+from the numbers of all of them. Every training run lives in the results database; re-running
 the command resumes and never recomputes a finished run.
 """
 
@@ -18,9 +19,10 @@ from typing import Any
 
 from diffgrad.lab.online import PROBLEMS, average_regret
 from diffgrad.lab.registry import create_optimizer, get_optimizer_spec
-from diffgrad.lab.report import Document, Image, Results, Section, format_table
+from diffgrad.lab.report import Document, Image, Problem, Results, Section, format_table
 from diffgrad.lab.report import plots
 from diffgrad.lab.report.sections import (
+    fmt_ci,
     learning_curve_sections,
     performance_profile_sections,
     redact_url,
@@ -51,6 +53,12 @@ BATCH_SIZES = (32, 64, 128)
 ACTIVATIONS = ("relu", "leaky_relu", "elu", "selu")
 FAIR_OPTIMIZERS = ("sgdm", "adagrad", "adadelta", "rmsprop", "amsgrad", "adam", "diffgrad", "adamw",
                    "adabelief", "adan", "adamp", "lion", "radam")
+OFFLINE_WORKLOADS = ("digits-cnn", "mnist1d-mlp", "mnist1d-cnn")
+FAIR_TAG = "fair"
+# The diffGrad family (PAPER.md §8), each member diffGrad with one modifier on; compared with plain
+# diffGrad, and with Adam as the anchor the follow-up papers also report.
+FAMILY_OPTIMIZERS = ("diffgrad-rect", "diffgrad-norm", "diffgrad-inject", "diffgrad-cautious", "diffgrad-gc")
+FAMILY_TAG = "family"
 
 DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
 # PAPER.md §6, Table I: top-1 accuracy (%) at batch sizes 32 / 64 / 128.
@@ -91,6 +99,10 @@ class Scale:
     fair_budget: int
     fair_seeds: int
     fair_steps: int | None
+    family_workloads: tuple[str, ...]
+    family_budget: int
+    family_seeds: int
+    family_steps: int | None
     notes: tuple[str, ...] = field(default=())
 
 
@@ -100,13 +112,17 @@ FULL = Scale(
     paper_seeds=3,
     paper_steps=None,
     standins=(("cifar10", "digits-cnn"), ("cifar100", "mnist1d-cnn")),
-    fair_workloads=("digits-cnn", "mnist1d-mlp", "mnist1d-cnn"),
+    fair_workloads=OFFLINE_WORKLOADS,
     fair_optimizers=FAIR_OPTIMIZERS,
     fair_budget=16,
     fair_seeds=5,
     fair_steps=None,
+    family_workloads=OFFLINE_WORKLOADS,
+    family_budget=16,
+    family_seeds=5,
+    family_steps=None,
     notes=(
-        "The tuned comparison leaves out the `charlm` workload: at about 30 s a run on one CPU core, 13 "
+        "The tuned comparisons leave out the `charlm` workload: at about 30 s a run on one CPU core, 13 "
         "optimizers × 21 runs would take over two hours; `diffgrad compare --workload charlm` runs it.",
     ),
 )
@@ -121,11 +137,16 @@ QUICK = Scale(
     fair_budget=3,
     fair_seeds=2,
     fair_steps=120,
+    family_workloads=("mnist1d-mlp",),
+    family_budget=3,
+    family_seeds=2,
+    family_steps=120,
     notes=(
         "This is the `--quick` run: 120 training steps per run, one seed for the paper protocol, "
         "3 tuning trials and 2 seeds for the tuned protocol, a regret horizon of 3,000, one stand-in "
-        "workload and six optimizers in the fair comparison. Its numbers show that every part works; "
-        "they are too small to settle any claim. Run `diffgrad reproduce` for the full budgets.",
+        "workload, six optimizers in the fair comparison and one workload (`mnist1d-mlp`) for the diffGrad "
+        "family. Its numbers show that every part works; they are too small to settle any claim. Run "
+        "`diffgrad reproduce` for the full budgets.",
     ),
 )
 
@@ -157,7 +178,7 @@ def reproduce(
     rdb = open_storage(url)
 
     datasets = _paper_workloads(scale, data_dir)
-    plans = _paper_plans(scale, datasets) + _fair_plans(scale)
+    plans = _paper_plans(scale, datasets) + _fair_plans(scale) + _family_plans(scale)
     run_studies(plans, rdb, device=device, progress=progress)  # every training run; resumes what is missing
     records = load_records(url)
 
@@ -168,6 +189,7 @@ def reproduce(
         lambda: table1_section(records, datasets, plot_dir, url),
         lambda: variants_section(records, datasets),
         lambda: fair_section(url, plot_dir),
+        lambda: family_section(url, plot_dir),
     ):
         built, found = build()
         sections += built
@@ -217,15 +239,29 @@ def _paper_plans(scale: Scale, datasets: Sequence[PaperDataset]) -> list[StudyPl
     return plans
 
 
-def _fair_plans(scale: Scale) -> list[StudyPlan]:
+def _tuned_plans(
+    workloads: Sequence[str], optimizers: Sequence[str], *, budget: int, seeds: int, steps: int | None, tag: str
+) -> list[StudyPlan]:
     """The tuned protocol: equal budgets, validation selection, test scores over fresh seeds."""
-    available = [o for o in scale.fair_optimizers if get_optimizer_spec(o).available]
+    available = [o for o in optimizers if get_optimizer_spec(o).available]
     return [
         plan
-        for w in scale.fair_workloads
-        for plan in plan_compare(w, available, protocol="tuned", budget=scale.fair_budget, seeds=scale.fair_seeds,
-                                 steps=scale.fair_steps, schedule="step", tag="fair")
+        for w in workloads
+        for plan in plan_compare(w, available, protocol="tuned", budget=budget, seeds=seeds, steps=steps,
+                                 schedule="step", tag=tag)
     ]
+
+
+def _fair_plans(scale: Scale) -> list[StudyPlan]:
+    """Section 5: the paper's optimizers and their peers."""
+    return _tuned_plans(scale.fair_workloads, scale.fair_optimizers, budget=scale.fair_budget,
+                        seeds=scale.fair_seeds, steps=scale.fair_steps, tag=FAIR_TAG)
+
+
+def _family_plans(scale: Scale) -> list[StudyPlan]:
+    """Section 6: the diffGrad family, plain diffGrad and Adam."""
+    return _tuned_plans(scale.family_workloads, ("adam", "diffgrad", *FAMILY_OPTIMIZERS), budget=scale.family_budget,
+                        seeds=scale.family_seeds, steps=scale.family_steps, tag=FAMILY_TAG)
 
 
 # ------------------------------------------------------------------------------- 1-D functions
@@ -488,35 +524,137 @@ def variants_section(records: Sequence[RunRecord], datasets: Sequence[PaperDatas
     return [Section("4. Friction variants (Table II) and activations (Table III)", "\n\n".join(parts))], claims
 
 
-# ------------------------------------------------------------------------------ fair comparison
+# ---------------------------------------------------------------------------- tuned comparisons
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """One workload of a tuned comparison: each optimizer's test metric over its final seeds, best first."""
+
+    workload: str
+    scores: dict[str, MeanCI]
+    higher_is_better: bool
+
+    @classmethod
+    def of(cls, problem: Problem) -> Ranking:
+        scores = {c.optimizer: mean_ci([r.test_metric for r in c.final]) for c in problem.finished}
+        return cls(problem.workload, scores, problem.info is None or problem.info.higher_is_better)
+
+    @property
+    def ranked(self) -> list[str]:
+        """The optimizers, best mean first; those without a finite score last."""
+        sign = 1 if self.higher_is_better else -1
+        return sorted(self.scores, key=lambda o: (math.isnan(self.scores[o].mean), -sign * self.scores[o].mean))
+
+    def rank(self, optimizer: str) -> int:
+        return self.ranked.index(optimizer) + 1
+
+    def lead(self, a: str, b: str) -> float:
+        """How far ``a``'s mean is ahead of ``b``'s in the metric's better direction (negative: behind)."""
+        gap = self.scores[a].mean - self.scores[b].mean
+        return gap if self.higher_is_better else -gap
+
+    def apart(self, a: str, b: str) -> bool:
+        """Whether the 95 % CIs of ``a`` and ``b`` are disjoint; False when either has none (under 2 seeds)."""
+        return abs(self.lead(a, b)) > self.scores[a].half_width + self.scores[b].half_width
+
+
+def _tuned_comparison(url: str, tag: str, plot_dir: Path) -> tuple[list[Ranking], list[Section]]:
+    """The rankings of the tuned studies tagged ``tag``, and their summary and performance-profile sections."""
+    results = Results.load(url, tag=tag)
+    rankings = [Ranking.of(p) for p in results.problems if p.finished]
+    return rankings, summary_sections(results) + performance_profile_sections(results, plot_dir)
+
+
+TUNED_PROTOCOL = (
+    "Every optimizer gets the same number of tuning trials over its declared search space (log-uniform lr), "
+    "selection on the validation split, then the chosen setting is rerun with fresh seeds and scored on "
+    "the test split, which selection never sees (PAPER.md §7). Schedule: ×0.1 at 80 % for all."
+)
 
 
 def fair_section(url: str, plot_dir: Path) -> tuple[list[Section], list[Claim]]:
     """The tuned protocol across the offline workloads, with the performance profile."""
-    results = Results.load(url, tag="fair")
-    claims = []
-    for problem in results.problems:
-        means = {c.optimizer: mean_ci([r.test_metric for r in c.final]) for c in problem.finished}
-        if "diffgrad" not in means:
-            continue
-        sign = 1 if (problem.info is None or problem.info.higher_is_better) else -1
-        ranked = sorted(means, key=lambda o: -sign * means[o].mean)
-        d, best = means["diffgrad"], means[ranked[0]]
-        overlap = sign * (best.mean - d.mean) <= best.half_width + d.half_width
-        verdict = "held" if ranked[0] == "diffgrad" else ("inconclusive" if overlap else "did not hold")
-        claims.append(Claim(
-            f"Tuned, {problem.workload}: diffGrad is the best tuned optimizer",
-            verdict,
-            f"diffgrad {d.mean:.4g} ± {d.half_width:.2g} (rank {ranked.index('diffgrad') + 1} of {len(ranked)}); "
-            f"best {ranked[0]} {best.mean:.4g} ± {best.half_width:.2g} (95 % CIs; inconclusive when they overlap)",
-        ))
-    text = (
-        "Every optimizer gets the same number of tuning trials over its declared search space (log-uniform lr), "
-        "selection on the validation split, then the chosen setting is rerun with fresh seeds and scored on "
-        "the test split, which selection never sees (PAPER.md §7). Schedule: ×0.1 at 80 % for all."
+    rankings, subsections = _tuned_comparison(url, FAIR_TAG, plot_dir)
+    claims = [_fair_claim(r) for r in rankings if "diffgrad" in r.scores]
+    return [Section("5. Fair comparison: the tuned protocol", TUNED_PROTOCOL), *_nested(subsections)], claims
+
+
+def _fair_claim(ranking: Ranking) -> Claim:
+    best = ranking.ranked[0]
+    d, b = ranking.scores["diffgrad"], ranking.scores[best]
+    verdict = "held" if best == "diffgrad" else ("did not hold" if ranking.apart(best, "diffgrad") else "inconclusive")
+    return Claim(
+        f"Tuned, {ranking.workload}: diffGrad is the best tuned optimizer",
+        verdict,
+        f"diffgrad {fmt_ci(d)} (rank {ranking.rank('diffgrad')} of {len(ranking.scores)}); best {best} {fmt_ci(b)} "
+        "(95 % CIs; inconclusive when they overlap or a CI is missing)",
     )
-    subsections = summary_sections(results) + performance_profile_sections(results, plot_dir)
-    return [Section("5. Fair comparison: the tuned protocol", text), *_nested(subsections)], claims
+
+
+# Outcome of a family member against plain diffGrad, and the verdict it gives the claim that it is better.
+FAMILY_VERDICTS = {"better": "held", "worse": "did not hold", "CIs overlap": "inconclusive",
+                   "no CI": "inconclusive"}
+
+
+def _versus_diffgrad(ranking: Ranking, optimizer: str) -> str:
+    """A key of :data:`FAMILY_VERDICTS`: better or worse only when the two 95 % CIs are apart."""
+    if min(ranking.scores[optimizer].n, ranking.scores["diffgrad"].n) < 2:
+        return "no CI"
+    if not ranking.apart(optimizer, "diffgrad"):
+        return "CIs overlap"
+    return "better" if ranking.lead(optimizer, "diffgrad") > 0 else "worse"
+
+
+def _family_claims(ranking: Ranking) -> list[Claim]:
+    claims = []
+    d = ranking.scores["diffgrad"]
+    for member in (m for m in FAMILY_OPTIMIZERS if m in ranking.scores):
+        outcome = _versus_diffgrad(ranking, member)
+        claims.append(Claim(
+            f"Tuned, {ranking.workload}: {member} beats plain diffGrad",
+            FAMILY_VERDICTS[outcome],
+            f"{member} {fmt_ci(ranking.scores[member])} (rank {ranking.rank(member)} of {len(ranking.scores)}), "
+            f"diffgrad {fmt_ci(d)} (rank {ranking.rank('diffgrad')}): {outcome} (95 % CIs; held or did not hold "
+            "only when they are apart)",
+        ))
+    return claims
+
+
+def family_section(url: str, plot_dir: Path) -> tuple[list[Section], list[Claim]]:
+    """The diffGrad family (PAPER.md §8) against plain diffGrad and Adam under the tuned protocol."""
+    # performance_profile_sections gives its figure one fixed name: a folder of its own keeps section 5's.
+    rankings, subsections = _tuned_comparison(url, FAMILY_TAG, plot_dir / FAMILY_TAG)
+    rankings = [r for r in rankings if "diffgrad" in r.scores]
+    rows, claims, best = [], [], []
+    for r in rankings:
+        claims += _family_claims(r)
+        best.append(f"`{r.workload}`: {r.ranked[0]} {fmt_ci(r.scores[r.ranked[0]])}")
+        for opt in r.ranked:
+            ci, lead = r.scores[opt], r.lead(opt, "diffgrad")
+            shown = f"{lead:+.3g}" if math.isfinite(lead) else "n/a"
+            rows.append([r.workload, opt, r.rank(opt), ci.n, fmt_ci(ci),
+                         "" if opt == "diffgrad" else f"{shown} ({_versus_diffgrad(r, opt)})"])
+    members = "\n".join(
+        f"- `{m}` (`{', '.join(f'{k}={v}' for k, v in get_optimizer_spec(m).defaults.items())}`): "
+        f"{get_optimizer_spec(m).description}"
+        for m in FAMILY_OPTIMIZERS
+    )
+    counts = {v: sum(c.verdict == v for c in claims) for v in ("held", "did not hold", "inconclusive")}
+    text = (
+        "Each member is diffGrad with one modifier of the follow-up papers switched on and every other option "
+        "at its default (PAPER.md §8); plain diffGrad and Adam run alongside under the same protocol as "
+        f"section 5. {TUNED_PROTOCOL} Trials, seeds and budget per workload are in the summary below.\n\n"
+        f"{members}\n\n"
+        + format_table(["workload", "optimizer", "rank", "seeds", "test metric (mean ± 95 % CI)",
+                        "lead over diffgrad"], rows, align="llrrrl")
+        + "\n\n*Lead over diffgrad* is the difference of the means in the metric's better direction; *better* "
+        "or *worse* only when the two 95 % CIs are apart. "
+        f"Of {len(claims)} member–workload comparisons, {counts['held']} were better than plain diffGrad, "
+        f"{counts['did not hold']} worse and {counts['inconclusive']} not separated by the CIs. "
+        + ("Best mean per workload: " + "; ".join(best) + "." if best else "No finished runs with diffgrad yet.")
+    )
+    return [Section("6. The diffGrad family: tuned protocol", text), *_nested(subsections)], claims
 
 
 # --------------------------------------------------------------------------------------- verdict

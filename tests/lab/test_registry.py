@@ -5,17 +5,22 @@ from __future__ import annotations
 import copy
 import dataclasses
 import io
+import re
 
 import pytest
 import torch
 
 from diffgrad.lab import registry
 from diffgrad.lab.registry import OPTIMIZERS, PublishedDiffGrad, create_optimizer, list_optimizers
+from diffgrad.optim import DiffGrad
 
 PEERS = {"adabelief", "adan", "adamp", "lion", "radam"}
 PAPER_NAMES = {"diffgrad", *(f"diffgrad-dfc{k}" for k in range(1, 6)), "diffgrad-amsgrad", "diffgradw",
                "diffgrad-published", "sgdm", "adagrad", "adadelta", "rmsprop", "amsgrad", "adam", "adamw",
                "adam-half-lr"}
+# The diffGrad family (PAPER.md §8): each name switches on one DiffGrad option.
+FAMILY = {"diffgrad-rect": "rectify", "diffgrad-norm": "adanorm", "diffgrad-inject": "adainject",
+          "diffgrad-cautious": "cautious", "diffgrad-gc": "centralize"}
 
 
 def _model() -> torch.nn.Module:
@@ -40,8 +45,8 @@ def _train(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches) ->
 
 
 def test_the_registry_has_every_name_of_the_brief():
-    assert PAPER_NAMES | PEERS == set(OPTIMIZERS)
-    assert {spec.name for spec in list_optimizers()} >= PAPER_NAMES
+    assert PAPER_NAMES | set(FAMILY) | PEERS == set(OPTIMIZERS)
+    assert {spec.name for spec in list_optimizers()} >= PAPER_NAMES | set(FAMILY)
 
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
@@ -89,6 +94,20 @@ def test_defaults_make_the_names_mean_what_they_say():
     assert diffgradw["decoupled_weight_decay"] is True and diffgradw["weight_decay"] > 0
     assert create_optimizer("adadelta", params).defaults["lr"] == 1.0  # torch's default; the paper protocol sets 1e-3
     assert create_optimizer("adam", params, lr=0.5, betas=(0.8, 0.9)).defaults["betas"] == (0.8, 0.9)
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY))
+def test_each_family_member_is_diffgrad_with_its_one_modifier_on(name):
+    spec = OPTIMIZERS[name]
+    assert spec.optimizer_class() is DiffGrad and spec.search_space == OPTIMIZERS["diffgrad"].search_space
+    assert re.search(r"\b20\d\d\)$", spec.description)  # cites its source: "(Authors, venue year)"
+    model = _model()
+    optimizer = create_optimizer(name, model.parameters(), lr=1e-2)
+    for option in FAMILY.values():
+        assert optimizer.param_groups[0][option] is (option == FAMILY[name]), option
+    before = [p.detach().clone() for p in model.parameters()]
+    (after,) = _train(model, optimizer, _batches(1))
+    assert torch.isfinite(after).all() and not torch.equal(after, torch.cat([p.flatten() for p in before]))
 
 
 def test_adam_half_lr_is_adam_at_half_the_learning_rate():

@@ -22,6 +22,10 @@ TINY = rp.Scale(
     fair_budget=1,
     fair_seeds=1,
     fair_steps=4,
+    family_workloads=("digits-cnn",),
+    family_budget=1,
+    family_seeds=1,
+    family_steps=4,
     notes=("tiny test scale",),
 )
 
@@ -37,17 +41,23 @@ def test_tiny_reproduce_has_every_section_and_resumes(tmp_path: Path, monkeypatc
     report = rp.reproduce(quick=True, out_dir=tmp_path, progress=False)
     text = report.read_text()
     for heading in ("## Verdict", "## 1. The 1-D functions", "## 2. Regret", "## 3. Table I protocol",
-                    "## 4. Friction variants", "## 5. Fair comparison"):
+                    "## 4. Friction variants", "## 5. Fair comparison", "## 6. The diffGrad family"):
         assert heading in text, heading
     assert "offline stand-in" in text and "tiny test scale" in text
     images = [line.rsplit("](", 1)[1].rstrip(")") for line in text.splitlines() if line.startswith("![")]
     assert len(images) >= 10 and all((tmp_path / image).is_file() for image in images)
     assert (tmp_path / "report.html").read_text().count("<img") == len(images)
-    # 14 Table I/II optimizers and 3 more activations, at 3 batch sizes; 2 optimizers x 2 runs tuned.
-    assert _trial_count(tmp_path) == (14 + 3) * 3 + 2 * 2
+    assert (tmp_path / "plots" / "family" / "performance_profile.png").is_file()
+    # With one seed there is no CI: no family claim can hold or fail.
+    for member in rp.FAMILY_OPTIMIZERS:
+        assert f"| Tuned, digits-cnn: {member} beats plain diffGrad | **inconclusive** |" in text, member
+    # 14 Table I/II optimizers and 3 more activations, at 3 batch sizes; 2 optimizers x 2 runs tuned;
+    # diffgrad, adam and 5 family members x 2 runs tuned.
+    runs = (14 + 3) * 3 + 2 * 2 + 7 * 2
+    assert _trial_count(tmp_path) == runs
 
     rp.reproduce(quick=True, out_dir=tmp_path, progress=False)
-    assert _trial_count(tmp_path) == (14 + 3) * 3 + 2 * 2
+    assert _trial_count(tmp_path) == runs
     assert report.read_text() == text
 
 
@@ -68,6 +78,37 @@ def test_table1_verdict_follows_the_numbers() -> None:
     assert "+2.00 / +2.00 / +2.00" in effect.evidence and "0.00 / 0.00 / 0.00 apart" in effect.evidence
     (lost, _) = rp._table1_claims(ds, _cells(diffgrad=89.0, others=90.0, published=93.0))
     assert lost.verdict == "did not hold"
+
+
+def _ranking(scores: dict[str, tuple[float, float]], n: int = 3, higher_is_better: bool = True) -> rp.Ranking:
+    return rp.Ranking("w", {o: MeanCI(mean, hw, n) for o, (mean, hw) in scores.items()}, higher_is_better)
+
+
+def _family_verdicts(ranking: rp.Ranking) -> dict[str, rp.Claim]:
+    """The family claims by member ("Tuned, w: MEMBER beats plain diffGrad")."""
+    return {c.claim.removeprefix("Tuned, w: ").split()[0]: c for c in rp._family_claims(ranking)}
+
+
+def test_family_verdicts_follow_the_numbers() -> None:
+    scores = {"diffgrad": (0.80, 0.01), "diffgrad-rect": (0.85, 0.01), "diffgrad-norm": (0.70, 0.01),
+              "diffgrad-inject": (0.81, 0.01), "adam": (0.90, 0.01)}
+    claims = _family_verdicts(_ranking(scores))
+    assert set(claims) == {"diffgrad-rect", "diffgrad-norm", "diffgrad-inject"}  # members only, not adam
+    assert claims["diffgrad-rect"].verdict == "held" and "(rank 2 of 5)" in claims["diffgrad-rect"].evidence
+    assert claims["diffgrad-norm"].verdict == "did not hold"
+    assert claims["diffgrad-inject"].verdict == "inconclusive" and "CIs overlap" in claims["diffgrad-inject"].evidence
+    # Lower is better: the same numbers swap better and worse.
+    flipped = _family_verdicts(_ranking(scores, higher_is_better=False))
+    assert flipped["diffgrad-rect"].verdict == "did not hold" and flipped["diffgrad-norm"].verdict == "held"
+    (single,) = rp._family_claims(_ranking({"diffgrad": (0.5, float("nan")), "diffgrad-gc": (0.9, float("nan"))}, n=1))
+    assert single.verdict == "inconclusive" and "no CI" in single.evidence
+
+
+def test_fair_verdict_is_three_way() -> None:
+    assert rp._fair_claim(_ranking({"diffgrad": (0.9, 0.05), "adam": (0.8, 0.05)})).verdict == "held"
+    assert rp._fair_claim(_ranking({"diffgrad": (0.85, 0.05), "adam": (0.9, 0.05)})).verdict == "inconclusive"
+    lost = rp._fair_claim(_ranking({"diffgrad": (0.5, 0.05), "sgdm": (0.6, 0.01), "adam": (0.9, 0.05)}))
+    assert lost.verdict == "did not hold" and "(rank 3 of 3); best adam 0.9 ± 0.05" in lost.evidence
 
 
 def test_regret_slope_reads_the_rate() -> None:
