@@ -10,7 +10,7 @@ sees the same background load and the ratios are comparable even when the absolu
 
 Cases: ``resnet50`` is the parameter list of the CIFAR-form ResNet-50 of the paper (kuangliu's
 layout: 3×3 stem, bottleneck stages [3, 4, 6, 3], 10-way linear head): 161 tensors, 23.5 M
-parameters, generated here from the layer structure. ``single`` is one tensor of 25 M elements.
+parameters, generated here from the layer structure. ``single`` is one tensor of 25 M elements (rounded to whole 256-element blocks, for 8-bit state).
 ``--scale k`` multiplies the widths of ResNet-50 by sqrt(k) (about k times the parameters) and the
 single tensor by k.
 
@@ -80,7 +80,11 @@ def resnet50_shapes(width_scale: float = 1.0, num_classes: int = 10) -> list[tup
     return shapes
 
 
-def candidates(fused_variants: bool) -> dict[str, Factory]:
+# The diffGrad family's options (diffgrad/optim/modifiers.py), one row each with --modifiers.
+MODIFIERS = ("rectify", "adanorm", "adainject", "cautious", "centralize")
+
+
+def candidates(fused_variants: bool, modifiers: bool = False) -> dict[str, Factory]:
     """The optimizers to time, by row name; the first is the anchor of the ratios."""
     rows: dict[str, Factory] = {
         "Adam fused (anchor)": lambda p: torch.optim.Adam(p, fused=True),
@@ -106,6 +110,10 @@ def candidates(fused_variants: bool) -> dict[str, Factory]:
     if fused_variants:
         rows["DiffGrad fused bf16 state"] = lambda p: DiffGrad(p, fused=True, state_dtype=torch.bfloat16)
         rows["DiffGrad fused 8-bit state"] = lambda p: DiffGrad(p, fused=True, state_dtype="8bit")
+    if modifiers:
+        for path, options in (("default", {}), ("fused", {"fused": True})):
+            for name in MODIFIERS:
+                rows[f"DiffGrad {path} +{name}"] = lambda p, o={**options, name: True}: DiffGrad(p, **o)
     return rows
 
 
@@ -277,6 +285,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=4, help="timed steps per candidate per round")
     parser.add_argument("--only", default="", help="comma-separated substrings: keep matching rows (+ anchor)")
     parser.add_argument("--no-compact", action="store_true", help="skip the bf16/8-bit state rows")
+    parser.add_argument("--modifiers", action="store_true", help="add a row per diffGrad-family modifier")
     parser.add_argument("--keep-cache", action="store_true", help="use the existing Inductor cache (cold = warm)")
     args = parser.parse_args(argv)
 
@@ -284,7 +293,7 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="diffgrad-bench-inductor-")
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
-    rows = candidates(fused_variants=not args.no_compact)
+    rows = candidates(fused_variants=not args.no_compact, modifiers=args.modifiers)
     if args.only:
         keep = [s.strip() for s in args.only.split(",")]
         rows = {k: v for i, (k, v) in enumerate(rows.items()) if i == 0 or any(s in k for s in keep)}
@@ -297,7 +306,8 @@ def main(argv: list[str] | None = None) -> None:
         if case == "resnet50":
             shapes = resnet50_shapes(math.sqrt(args.scale))
         elif case == "single":
-            shapes = [(round(25_000_000 * args.scale),)]
+            # 25 M rounded to whole 256-element blocks, so that 8-bit state applies.
+            shapes = [(round(25_000_000 * args.scale / 256) * 256,)]
         else:
             raise SystemExit(f"unknown case {case!r}")
         result = run_case(case, shapes, rows, device, dtype, args.rounds, args.steps)

@@ -14,19 +14,29 @@ def _loss(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return (x.to(w.dtype) @ w).float().pow(2).mean()
 
 
-@pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_grad_scaler_unscales_and_skips_non_finite_steps(path: str, dtype: torch.dtype) -> None:
+EVERY_MODIFIER = {"rectify": True, "adanorm": True, "adainject": True, "cautious": True, "centralize": True}
+# Every path in float32 and float16, and with every diffGrad-family modifier (whose state, too,
+# must stay put on a skipped step); the compiled path only in float16, which also covers its
+# dtype conversions, to bound compile time.
+SCALER_CASES = [
+    pytest.param(path, dtype, options, id=f"{path}-{str(dtype)[6:]}-{name}")
+    for path in PATHS
+    for dtype in (torch.float32, torch.float16)
+    for name, options in (("plain", {}), ("modifiers", EVERY_MODIFIER))
+    if (path != "fused" or dtype == torch.float16) and (name == "plain" or dtype == torch.float16)
+]
+
+
+@pytest.mark.parametrize(("path", "dtype", "options"), SCALER_CASES)
+def test_grad_scaler_unscales_and_skips_non_finite_steps(path: str, dtype: torch.dtype, options: dict) -> None:
     """Finite steps equal unscaled ones; a step with an inf gradient changes nothing (params,
     every state tensor, the step count) and GradScaler backs off. float16 gradients need the
     optimizer-side unscaling (GradScaler refuses to unscale them itself)."""
-    if path == "fused" and dtype == torch.float32:
-        pytest.skip("one fused case suffices: the float16 one also covers dtype conversion")
     torch.manual_seed(0)
     w = torch.randn(8, 4).to(dtype).requires_grad_()
     w_plain = w.detach().clone().requires_grad_()
-    opt = DiffGrad([w], lr=1e-2, amsgrad=True, **PATHS[path])
-    plain = DiffGrad([w_plain], lr=1e-2, amsgrad=True, **PATHS[path])
+    opt = DiffGrad([w], lr=1e-2, amsgrad=True, **options, **PATHS[path])
+    plain = DiffGrad([w_plain], lr=1e-2, amsgrad=True, **options, **PATHS[path])
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
     x = torch.randn(16, 8)
     for _ in range(3):
@@ -46,6 +56,7 @@ def test_grad_scaler_unscales_and_skips_non_finite_steps(path: str, dtype: torch
     scaler.scale(_loss(w, x)).backward()
     w.grad[0, 0] = float("inf")
     before = {key: value.clone() for key, value in opt.state[w].items()}
+    assert set(before) >= {"previous_param", "exp_grad_norm"} or not options
     w_before = w.detach().clone()
     scale = scaler.get_scale()
     scaler.step(opt)
