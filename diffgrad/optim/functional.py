@@ -594,6 +594,27 @@ def _fused_diffgrad(
     if not params:
         return
     rule = _Rule(weight_decay, decoupled_weight_decay, maximize or grad_scale is not None, friction, modifiers)
+    sharded = [i for i, p in enumerate(params) if is_traceable_wrapper_subclass(p)]
+    if sharded and rule.whole_tensor:
+        # Whole-tensor statistics of a sharded (FSDP2) parameter need collectives: those
+        # parameters take the eager step, whose DTensor reductions provide them.
+        options = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, maximize=maximize)
+        _single_tensor_diffgrad(
+            *_subset(sharded, params, grads, state, exp_grad_norms, state_steps),
+            grad_scale,
+            found_inf,
+            decoupled_weight_decay=decoupled_weight_decay,
+            friction=friction,
+            modifiers=modifiers,
+            **options,
+        )
+        rest = [i for i in range(len(params)) if not is_traceable_wrapper_subclass(params[i])]
+        params, grads, state, exp_grad_norms, state_steps = _subset(rest, params, grads, state, exp_grad_norms, state_steps)
+    # An element-wise step needs nothing of a DTensor but its local shard, so the compiled step
+    # gets the shards. (Given DTensors, torch 2.13's AOTAutograd cache would key them by their
+    # global shape: ranks with uneven shards would load each other's compiled code.)
+    params, grads = [_local(p) for p in params], [_local(g) for g in grads]
+    state = _Buffers(*(None if b is None else [_local(t) for t in b] for b in state))
     for indices in _by_device_and_dtype(params):
         device = params[indices[0]].device
         steps = [state_steps[i] for i in indices]
@@ -628,6 +649,29 @@ def _fused_diffgrad(
         )
         if device_found_inf is not None:
             torch._foreach_sub_(steps, [device_found_inf] * len(steps))
+
+
+def _local(t: StateBuffer) -> StateBuffer:
+    """A DTensor's local shard (the same storage: in-place updates reach the DTensor)."""
+    return t.to_local() if is_traceable_wrapper_subclass(t) else t
+
+
+def _subset(
+    indices: list[int],
+    params: list[Tensor],
+    grads: list[Tensor],
+    state: _Buffers,
+    exp_grad_norms: list[Tensor] | None,
+    state_steps: list[Tensor],
+) -> tuple[list[Tensor], list[Tensor], _Buffers, list[Tensor] | None, list[Tensor]]:
+    """The step's lists restricted to the parameters ``indices``."""
+    return (
+        [params[i] for i in indices],
+        [grads[i] for i in indices],
+        _select(state, indices),
+        None if exp_grad_norms is None else [exp_grad_norms[i] for i in indices],
+        [state_steps[i] for i in indices],
+    )
 
 
 def _fused_step(

@@ -43,13 +43,24 @@ OPTION_SETS: dict[str, dict[str, Any]] = {
     "maximize": {"maximize": True},
     **{f: {"friction": f} for f in ("dfc1", "dfc2", "dfc3", "dfc4", "dfc5")},
     "dfc3_wd_amsgrad_maximize": {"friction": "dfc3", "weight_decay": 0.05, "amsgrad": True, "maximize": True},
+    # Every diffGrad-family modifier: AdaNorm's ‖g‖ and the cautious mask's count are whole-tensor
+    # reductions, AdaInject keeps θ_{t−1} sharded like θ, AdaNorm's e_t is a plain scalar.
+    "family": {
+        "rectify": True,
+        "adanorm": True,
+        "adainject": True,
+        "cautious": True,
+        "centralize": True,
+        "amsgrad": True,
+        "weight_decay": 0.05,
+    },
 }
 
 # The fused step compiles one graph per option set and tensor layout (seconds each on 2 CPU
 # cores), so the distributed tests run it with the plain options and with the set that exercises
 # the most at once (DFC3's statistics, coupled decay, AMSGrad, maximize); its arithmetic is the
 # per-tensor path's ``_update_``. DIFFGRAD_TEST_FUSED_OPTIONS=all gives it every option set.
-FUSED_OPTION_SETS = ["plain", "dfc3_wd_amsgrad_maximize"]
+FUSED_OPTION_SETS = ["plain", "dfc3_wd_amsgrad_maximize", "family"]
 if os.environ.get("DIFFGRAD_TEST_FUSED_OPTIONS") == "all":
     FUSED_OPTION_SETS = list(OPTION_SETS)
 
@@ -160,21 +171,34 @@ def snapshot(model: nn.Module, opt: Optimizer) -> dict[str, Any]:
 
 
 def single_process_run(
-    impl: str, options: str, steps: int = STEPS, optimizer: Callable | None = None, wide: bool = False
+    impl: str,
+    options: str,
+    steps: int = STEPS,
+    optimizer: Callable | None = None,
+    wide: bool = False,
+    state_dict_first: bool = False,
 ) -> dict[str, Any]:
-    """The reference: one process, the whole (concatenated) batch, plain tensors."""
+    """The reference: one process, the whole (concatenated) batch, plain tensors. With
+    ``state_dict_first``, ``get_state_dict`` comes first (its step on zero gradients included)."""
     model = make_model(wide)
     opt = optimizer(model.parameters()) if optimizer else make_optimizer(model.parameters(), impl, options)
+    if state_dict_first:
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        get_state_dict(model, opt)
     train(model, opt, batches(steps))
     return snapshot(model, opt)
 
 
 @functools.cache
-def reference_run(impl: str, options: str, wide: bool = False, steps: int = STEPS) -> dict[str, Any]:
+def reference_run(
+    impl: str, options: str, wide: bool = False, steps: int = STEPS, state_dict_first: bool = False
+) -> dict[str, Any]:
     """:func:`single_process_run`, once per test session. The fused implementation's reference
     is the per-tensor one: that keeps ``torch.compile`` out of the test process, and the two agree
     to round-off (``tests/optim``)."""
-    return single_process_run("per_tensor" if impl == "fused" else impl, options, steps, wide=wide)
+    impl = "per_tensor" if impl == "fused" else impl
+    return single_process_run(impl, options, steps, wide=wide, state_dict_first=state_dict_first)
 
 
 def guarded(fn: Callable[[], Any]) -> Any:
@@ -333,8 +357,12 @@ def _fsdp_case(impl: str, options: str) -> dict[str, Any]:
     train(model, opt, batches(steps), rank, world_size)
     out = snapshot(model, opt)
     out["local_shapes"] = {name: tuple(p.to_local().shape) for name, p in model.named_parameters()}
+    # ``step`` and AdaNorm's ``exp_grad_norm`` are scalars, the same on every rank: plain tensors.
     out["state_is_dtensor"] = all(
-        type(v).__name__ == "DTensor" for st in opt.state.values() for k, v in st.items() if k != "step"
+        type(v).__name__ == "DTensor"
+        for st in opt.state.values()
+        for k, v in st.items()
+        if k not in ("step", "exp_grad_norm")
     )
     return out
 
@@ -515,3 +543,21 @@ def single_process_checkpoint_task(cases: list[tuple[str, str, str]], save_at: i
         (impl, options): guarded(lambda: single_process_checkpoint_run(impl, options, path, save_at, steps, mode))
         for impl, options, path in cases
     }
+
+
+def second_job_task(impl: str, options: str, steps: int) -> dict[str, Any]:
+    """Two "jobs" in a row on the same machine, each starting from ``get_state_dict`` (as every
+    DCP save or resume does: with no optimizer state yet it runs one step on zero gradients).
+    Between them Dynamo forgets what it compiled, so the second job's compiled step, if any, comes
+    from the rank's Inductor cache folder on disk. Returns the second job's model and state after
+    ``steps`` steps of training."""
+    import torch._dynamo
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    for _job in range(2):
+        torch._dynamo.reset()
+        model, opt = _fsdp_model_and_opt(impl, options)
+        get_state_dict(model, opt)
+    train(model, opt, batches(steps), rank, world_size)
+    return snapshot(model, opt)
