@@ -136,3 +136,26 @@ def adam_step(theta: list[float], grad: list[float], st: RefState, *, lr, beta1,
         st.v[i] = beta2 * st.v[i] + (1 - beta2) * grad[i] ** 2
         out.append(theta[i] - lr * (st.m[i] / (1 - beta1**t)) / (math.sqrt(st.v[i] / (1 - beta2**t)) + eps))
     return out
+
+
+def reference_kwargs(options: dict, hp: dict, shape: tuple[int, ...] | None = None) -> dict:
+    """:func:`reference_step`'s keyword arguments for ``DiffGrad(**hp, **options)`` on a parameter
+    of ``shape`` (needed for gradient centralisation only)."""
+    return dict(
+        lr=hp["lr"],
+        beta1=hp["betas"][0],
+        beta2=hp["betas"][1],
+        eps=hp["eps"],
+        weight_decay=options.get("weight_decay", 0.0),
+        decoupled=options.get("decoupled_weight_decay", False),
+        amsgrad=options.get("amsgrad", False),
+        maximize=options.get("maximize", False),
+        friction_name=options.get("friction", "dfc"),
+        rectify=options.get("rectify", False),
+        rectify_threshold=options.get("rectify_threshold", 5.0),
+        rectify_warmup=options.get("rectify_warmup", "sgd"),
+        adanorm_gamma=options.get("adanorm_gamma", 0.95) if options.get("adanorm") else None,
+        adainject_k=options.get("adainject_k", 2.0) if options.get("adainject") else None,
+        cautious=options.get("cautious", False),
+        centralize_rows=shape[0] if options.get("centralize") and shape is not None and len(shape) >= 2 else None,
+    )

@@ -12,7 +12,7 @@ from torch._dynamo.utils import counters
 from torch.profiler import ProfilerActivity, profile
 
 from diffgrad import DiffGrad
-from reference import RefState, reference_step
+from reference import RefState, reference_kwargs, reference_step
 
 HP = {"lr": 0.01, "betas": (0.8, 0.99), "eps": 1e-6}
 
@@ -36,20 +36,6 @@ def _params(dtype: torch.dtype = torch.float64) -> list[torch.Tensor]:
     ]
 
 
-def _ref_kwargs(options: dict, lr: float = HP["lr"]) -> dict:
-    return dict(
-        lr=lr,
-        beta1=HP["betas"][0],
-        beta2=HP["betas"][1],
-        eps=HP["eps"],
-        weight_decay=options.get("weight_decay", 0.0),
-        decoupled=options.get("decoupled_weight_decay", False),
-        amsgrad=options.get("amsgrad", False),
-        maximize=options.get("maximize", False),
-        friction_name=options.get("friction", "dfc"),
-    )
-
-
 def _compiles() -> int:
     return counters["stats"]["unique_graphs"]
 
@@ -67,7 +53,7 @@ def test_fused_matches_reference_on_every_state_key(option_set: str) -> None:
             grad = torch.randn(p.shape, generator=g, dtype=torch.float64) * (1 + step % 5)
             p.grad = grad
             theta, st = ref[i]
-            ref[i] = (reference_step(theta, grad.flatten().tolist(), st, **_ref_kwargs(options)), st)
+            ref[i] = (reference_step(theta, grad.flatten().tolist(), st, **reference_kwargs(options, HP)), st)
         opt.step()
     for p, (theta, st) in zip(params, ref):
         state = opt.state[p]
@@ -101,7 +87,7 @@ def test_schedulers_and_step_count_do_not_recompile(make_scheduler) -> None:
     before = _compiles()
     for _ in range(6):
         group = opt.param_groups[0]
-        kw = {**_ref_kwargs(options, float(group["lr"])), "beta1": group["betas"][0], "beta2": group["betas"][1]}
+        kw = {**reference_kwargs(options, HP), "lr": float(group["lr"]), "beta1": group["betas"][0], "beta2": group["betas"][1]}
         for i, p in enumerate(params):
             p.grad = torch.randn(p.shape, generator=g, dtype=torch.float64)
             theta, st = ref[i]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from diffgrad import DiffGrad
-from reference import RefState, reference_step
+from reference import RefState, reference_kwargs, reference_step
 
 HP = {"lr": 0.01, "betas": (0.8, 0.99), "eps": 1e-6}
 IMPLEMENTATIONS = {"single_tensor": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
@@ -50,27 +50,6 @@ def _params() -> list[torch.Tensor]:
     ]
 
 
-def _ref_kwargs(options: dict, shape: torch.Size) -> dict:
-    return dict(
-        lr=HP["lr"],
-        beta1=HP["betas"][0],
-        beta2=HP["betas"][1],
-        eps=HP["eps"],
-        weight_decay=options.get("weight_decay", 0.0),
-        decoupled=options.get("decoupled_weight_decay", False),
-        amsgrad=options.get("amsgrad", False),
-        maximize=options.get("maximize", False),
-        friction_name=options.get("friction", "dfc"),
-        rectify=options.get("rectify", False),
-        rectify_threshold=options.get("rectify_threshold", 5.0),
-        rectify_warmup=options.get("rectify_warmup", "sgd"),
-        adanorm_gamma=options.get("adanorm_gamma", 0.95) if options.get("adanorm") else None,
-        adainject_k=options.get("adainject_k", 2.0) if options.get("adainject") else None,
-        cautious=options.get("cautious", False),
-        centralize_rows=shape[0] if options.get("centralize") and len(shape) >= 2 else None,
-    )
-
-
 def _gradient(shape: torch.Size, step: int, g: torch.Generator) -> torch.Tensor:
     # Scales that change from step to step, so AdaNorm's e_t is sometimes above ‖g‖ and
     # sometimes below, and cautious masks change.
@@ -93,7 +72,7 @@ def test_matches_reference_on_every_state_key(impl: str, name: str) -> None:
                 continue
             grad = _gradient(p.shape, step, g)
             p.grad = grad
-            kwargs = _ref_kwargs(options, p.shape)
+            kwargs = reference_kwargs(options, HP, p.shape)
             ref_theta[i] = reference_step(ref_theta[i], grad.flatten().tolist(), ref_states[i], **kwargs)
         opt.step()
 

@@ -9,25 +9,11 @@ import torch
 
 import diffgrad.optim.functional as functional
 from diffgrad import DiffGrad
-from reference import RefState, reference_step
+from reference import RefState, reference_kwargs, reference_step
 
 HP = {"lr": 0.01, "betas": (0.8, 0.99), "eps": 1e-6}
 ALL_OPTIONS = {"weight_decay": 0.05, "amsgrad": True, "maximize": True}
 PATHS = {"single_tensor": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
-
-
-def _ref_kwargs(options: dict) -> dict:
-    return dict(
-        lr=HP["lr"],
-        beta1=HP["betas"][0],
-        beta2=HP["betas"][1],
-        eps=HP["eps"],
-        weight_decay=options.get("weight_decay", 0.0),
-        decoupled=options.get("decoupled_weight_decay", False),
-        amsgrad=options.get("amsgrad", False),
-        maximize=options.get("maximize", False),
-        friction_name=options.get("friction", "dfc"),
-    )
 
 
 @pytest.mark.parametrize(
@@ -44,7 +30,7 @@ def test_fused_adam_kernel_branch_matches_reference(monkeypatch: pytest.MonkeyPa
         for i, p in enumerate(params):
             p.grad = torch.randn(p.shape, generator=g, dtype=torch.float64)
             theta, st = ref[i]
-            ref[i] = (reference_step(theta, p.grad.flatten().tolist(), st, **_ref_kwargs(options)), st)
+            ref[i] = (reference_step(theta, p.grad.flatten().tolist(), st, **reference_kwargs(options, HP)), st)
         opt.step()
     for p, (theta, st) in zip(params, ref):
         torch.testing.assert_close(p.detach().flatten(), torch.tensor(theta, dtype=torch.float64), rtol=1e-12, atol=1e-14)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from diffgrad import DiffGrad
-from reference import RefState, reference_step
+from reference import RefState, reference_kwargs, reference_step
 
 IMPLEMENTATIONS = {"single_tensor": {"foreach": False}, "foreach": {"foreach": True}}
 
@@ -38,20 +38,6 @@ def _make_params(seed: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     return trained, [frozen]
 
 
-def _ref_kwargs(options: dict) -> dict:
-    return dict(
-        lr=HP["lr"],
-        beta1=HP["betas"][0],
-        beta2=HP["betas"][1],
-        eps=HP["eps"],
-        weight_decay=options.get("weight_decay", 0.0),
-        decoupled=options.get("decoupled_weight_decay", False),
-        amsgrad=options.get("amsgrad", False),
-        maximize=options.get("maximize", False),
-        friction_name=options.get("friction", "dfc"),
-    )
-
-
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 @pytest.mark.parametrize("option_set", OPTION_SETS)
 def test_matches_reference_on_every_state_key(impl: str, option_set: str) -> None:
@@ -74,7 +60,7 @@ def test_matches_reference_on_every_state_key(impl: str, option_set: str) -> Non
                 p.grad = grad.clone()
             else:
                 p.grad.copy_(grad)
-            ref_theta[i] = reference_step(ref_theta[i], grad.flatten().tolist(), ref_states[i], **_ref_kwargs(options))
+            ref_theta[i] = reference_step(ref_theta[i], grad.flatten().tolist(), ref_states[i], **reference_kwargs(options, HP))
         opt.step()
 
     assert torch.equal(frozen[0], frozen_before) and frozen[0] not in opt.state
@@ -159,8 +145,8 @@ def test_tensor_lr_and_per_group_options_match_reference() -> None:
         for name, p in (("a", a), ("b", b)):
             p.grad = torch.randn(6, generator=g, dtype=torch.float64)
         opt.step()
-        ref["a"] = (reference_step(ref["a"][0], a.grad.tolist(), ref["a"][1], **{**_ref_kwargs({}), "lr": float(torch.tensor(0.02))}), ref["a"][1])
-        kw = {**_ref_kwargs({"friction": "dfc2", "weight_decay": 0.2}), "lr": 0.05}
+        ref["a"] = (reference_step(ref["a"][0], a.grad.tolist(), ref["a"][1], **{**reference_kwargs({}, HP), "lr": float(torch.tensor(0.02))}), ref["a"][1])
+        kw = {**reference_kwargs({"friction": "dfc2", "weight_decay": 0.2}, HP), "lr": 0.05}
         ref["b"] = (reference_step(ref["b"][0], b.grad.tolist(), ref["b"][1], **kw), ref["b"][1])
     torch.testing.assert_close(a.detach(), torch.tensor(ref["a"][0], dtype=torch.float64), rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(b.detach(), torch.tensor(ref["b"][0], dtype=torch.float64), rtol=1e-12, atol=1e-14)
@@ -203,7 +189,7 @@ def test_every_lr_scheduler_drives_the_step_size(impl: str, name: str, lr_type: 
     for epoch in range(30):
         p.grad = torch.randn(5, generator=g, dtype=torch.float64)
         group = opt.param_groups[0]
-        kw = {**_ref_kwargs({}), "lr": float(group["lr"]), "beta1": group["betas"][0], "beta2": group["betas"][1]}
+        kw = {**reference_kwargs({}, HP), "lr": float(group["lr"]), "beta1": group["betas"][0], "beta2": group["betas"][1]}
         lrs.add(round(float(group["lr"]), 12))
         theta = reference_step(theta, p.grad.tolist(), st, **kw)
         opt.step()
