@@ -618,13 +618,12 @@ def _fused_diffgrad(
     for indices in _by_device_and_dtype(params):
         device = params[indices[0]].device
         steps = [state_steps[i] for i in indices]
-        torch._foreach_add_(steps, 1.0)
         device_found_inf = None if found_inf is None else found_inf.to(device, non_blocking=True)
         grad_factor: float | Tensor = -1.0 if maximize else 1.0
         if grad_scale is not None:
             grad_factor = grad_factor / grad_scale.to(device, torch.float64, non_blocking=True)
         scalars = _coefficients(
-            torch.stack(steps).to(torch.float64),
+            torch.stack(steps).to(torch.float64) + 1.0,
             lr=lr.to(device, torch.float64, non_blocking=True) if isinstance(lr, Tensor) else lr,
             beta1=beta1,
             beta2=beta2,
@@ -643,12 +642,11 @@ def _fused_diffgrad(
             [grads[i] for i in indices],
             _select(state, indices),
             None if exp_grad_norms is None else [exp_grad_norms[i] for i in indices],
+            steps,
             table,
             device_found_inf,
             rule,
         )
-        if device_found_inf is not None:
-            torch._foreach_sub_(steps, [device_found_inf] * len(steps))
 
 
 def _local(t: StateBuffer) -> StateBuffer:
@@ -679,12 +677,17 @@ def _fused_step(
     grads: list[Tensor],
     state: _Buffers,
     exp_grad_norms: list[Tensor] | None,
+    steps: list[Tensor],
     table: Tensor,
     found_inf: Tensor | None,
     rule: _Rule,
 ) -> None:
-    """The traced body of the fused step: :func:`_step_slice_` on every whole tensor."""
+    """The traced body of the fused step: :func:`_step_slice_` on every whole tensor, with the
+    scalars of step t in ``table`` and the counters t − 1 in ``steps`` (incremented here, in the
+    graph, rather than by one small kernel per tensor before it)."""
     keep = None if found_inf is None else found_inf != 0
+    for step in steps:
+        step.add_(1.0 if keep is None else (~keep).to(step.dtype))
     for i, (param, grad) in enumerate(zip(params, grads)):
         buffers = _Buffers(*(_at(b, i) for b in state))
         span = _spans(param, grad, buffers, whole=True, chunk=real_numel(param))[0]
