@@ -266,8 +266,9 @@ def _add_reproduce(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "reproduce", help="rerun the paper's experiments and write one report",
         description=(
-            "Rerun the diffGrad paper's experiments (1-D functions, regret, Tables I-III) and a fair tuned "
-            "comparison, and write report.md/report.html with plots and a verdict generated from the numbers. "
+            "Rerun the diffGrad paper's experiments (1-D functions, regret, Tables I-III), a fair tuned "
+            "comparison and a tuned comparison of the diffGrad family (rectified, AdaNorm, AdaInject, cautious, "
+            "centralised), and write report.md/report.html with plots and a verdict generated from the numbers. "
             "Every training run is stored in the database; re-running resumes and never recomputes a finished run."
         ),
     )
