@@ -92,10 +92,28 @@ class _Rule(NamedTuple):
     friction: Friction
     modifiers: Modifiers
 
+    @classmethod
+    def of(cls, hyper: _Hyper, scale_grad: bool) -> _Rule:
+        return cls(hyper.weight_decay, hyper.decoupled_weight_decay, scale_grad, hyper.friction, hyper.modifiers)
+
     @property
     def whole_tensor(self) -> bool:
         """Whether the step takes whole-tensor statistics (DFC3–5, AdaNorm, cautious)."""
         return self.friction.uses_stats or self.modifiers.whole_tensor
+
+
+class _Hyper(NamedTuple):
+    """A parameter group's hyper-parameters, as every implementation receives them."""
+
+    lr: float | Tensor
+    beta1: float
+    beta2: float
+    eps: float
+    weight_decay: float
+    decoupled_weight_decay: bool
+    maximize: bool
+    friction: Friction
+    modifiers: Modifiers
 
 
 class _Buffers(NamedTuple):
@@ -112,28 +130,27 @@ class _Buffers(NamedTuple):
 _SQRT_DOMAIN = _Buffers(False, True, False, True, False)
 
 
-def _coefficients(
-    step: float | Tensor,
-    *,
-    lr: float | Tensor,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    grad_factor: float | Tensor,
-    modifiers: Modifiers,
-) -> _Coefficients:
+def _coefficients(step: float | Tensor, hyper: _Hyper, grad_factor: float | Tensor) -> _Coefficients:
     """The scalars of Eq. 13/20 at step t = ``step`` (already incremented; a float or a tensor).
 
     α·m̂/(sqrt(v̂) + ε) = s_t·m/(sqrt(v) + ε_t) with s_t = α·sqrt(1 − β2^t)/(1 − β1^t) and
     ε_t = ε·sqrt(1 − β2^t): equal up to round-off, with no bias-correction pass over sqrt(v).
     """
+    lr, beta1, beta2, eps, weight_decay, modifiers = (
+        hyper.lr, hyper.beta1, hyper.beta2, hyper.eps, hyper.weight_decay, hyper.modifiers
+    )
     bias_correction1 = 1 - beta1**step
     bias_correction2_sqrt = (1 - beta2**step) ** 0.5
     ratio, warm = 1.0, 0.0
     if modifiers.rectify:
         ratio, warm = rectification(step, beta2, modifiers.rectify_threshold, modifiers.rectify_warmup)
-    inverse_k = 1.0 / modifiers.adainject_k
+    inject_scale: float | Tensor = 1.0
+    if modifiers.adainject:
+        inverse_k = 1.0 / modifiers.adainject_k
+        if isinstance(step, Tensor):
+            inject_scale = (step > 1).to(step.dtype) * (inverse_k - 1.0) + 1.0
+        elif step > 1:
+            inject_scale = inverse_k
     return _Coefficients(
         decay=1 - lr * weight_decay,
         lerp1=1 - beta1,
@@ -142,7 +159,7 @@ def _coefficients(
         eps=eps * bias_correction2_sqrt,
         step_size=lr * ratio * bias_correction2_sqrt / bias_correction1,
         momentum_step=lr * warm / bias_correction1,
-        inject_scale=(step > 1).to(step.dtype) * (inverse_k - 1.0) + 1.0 if isinstance(step, Tensor) else inverse_k if step > 1 else 1.0,
+        inject_scale=inject_scale,
         grad_factor=grad_factor,
     )
 
@@ -332,15 +349,7 @@ def diffgrad(
         state_steps,
         grad_scale,
         found_inf,
-        lr=lr,
-        beta1=beta1,
-        beta2=beta2,
-        eps=eps,
-        weight_decay=weight_decay,
-        decoupled_weight_decay=decoupled_weight_decay,
-        maximize=maximize,
-        friction=friction,
-        modifiers=modifiers,
+        _Hyper(lr, beta1, beta2, eps, weight_decay, decoupled_weight_decay, maximize, friction, modifiers),
     )
 
 
@@ -369,22 +378,14 @@ def _single_tensor_diffgrad(
     state_steps: list[Tensor],
     grad_scale: Tensor | None,
     found_inf: Tensor | None,
-    *,
-    lr: float | Tensor,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    decoupled_weight_decay: bool,
-    maximize: bool,
-    friction: Friction,
-    modifiers: Modifiers,
+    hyper: _Hyper,
 ) -> None:
-    grad_factor = _eager_grad_factor(grad_scale, found_inf, maximize)
+    grad_factor = _eager_grad_factor(grad_scale, found_inf, hyper.maximize)
     if grad_factor is None:
         return
-    lr = float(lr)
-    rule = _Rule(weight_decay, decoupled_weight_decay, grad_factor != 1.0, friction, modifiers)
+    hyper = hyper._replace(lr=float(hyper.lr))
+    lr, weight_decay, modifiers = hyper.lr, hyper.weight_decay, hyper.modifiers
+    rule = _Rule.of(hyper, scale_grad=grad_factor != 1.0)
     # torch's fused Adam kernel pays off for large plain CPU tensors only: for small ones its
     # OpenMP region costs more than their whole step, and off the CPU it would want ``step`` on
     # the device. Inside a torch.compile'd training step, the explicit arithmetic on whole tensors,
@@ -401,18 +402,11 @@ def _single_tensor_diffgrad(
             or n < _SERIAL_NUMEL
             or is_traceable_wrapper_subclass(param)
         ):
-            hp = _coefficients(
-                step_t.to(torch.float64) if compiling else step_t.item(),
-                lr=lr,
-                beta1=beta1,
-                beta2=beta2,
-                eps=eps,
-                weight_decay=weight_decay,
-                grad_factor=grad_factor,
-                modifiers=modifiers,
-            )
+            hp = _coefficients(step_t.to(torch.float64) if compiling else step_t.item(), hyper, grad_factor)
         else:
-            hp = _KernelStep(step_t, lr, beta1, beta2, eps, decay=1.0 - lr * weight_decay, grad_factor=grad_factor)
+            hp = _KernelStep(
+                step_t, lr, hyper.beta1, hyper.beta2, hyper.eps, decay=1.0 - lr * weight_decay, grad_factor=grad_factor
+            )
         buffers = _Buffers(*(_at(b, i) for b in state))
         norm = _at(exp_grad_norms, i)
         spans = _spans(param, grad, buffers, whole=rule.whole_tensor, chunk=n if compiling else CHUNK)
@@ -468,23 +462,15 @@ def _multi_tensor_diffgrad(
     state_steps: list[Tensor],
     grad_scale: Tensor | None,
     found_inf: Tensor | None,
-    *,
-    lr: float | Tensor,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    decoupled_weight_decay: bool,
-    maximize: bool,
-    friction: Friction,
-    modifiers: Modifiers,
+    hyper: _Hyper,
 ) -> None:
     if not params:
         return
-    grad_factor = _eager_grad_factor(grad_scale, found_inf, maximize)
+    grad_factor = _eager_grad_factor(grad_scale, found_inf, hyper.maximize)
     if grad_factor is None:
         return
-    lr = float(lr)
+    hyper = hyper._replace(lr=float(hyper.lr))
+    lr, beta1, beta2, weight_decay, modifiers = hyper.lr, hyper.beta1, hyper.beta2, hyper.weight_decay, hyper.modifiers
     for indices in _by_device_and_dtype(params):
         group_params = [params[i] for i in indices]
         group_grads = [grads[i] for i in indices]
@@ -509,27 +495,15 @@ def _multi_tensor_diffgrad(
         if grad_factor != 1.0:
             g = torch._foreach_mul(g, grad_factor)
         decay = weight_decay != 0.0
-        if decay and not decoupled_weight_decay:
+        if decay and not hyper.decoupled_weight_decay:
             g = torch._foreach_add(g, p, alpha=weight_decay)
-        coefficients = [
-            _coefficients(
-                t.item(),
-                lr=lr,
-                beta1=beta1,
-                beta2=beta2,
-                eps=eps,
-                weight_decay=weight_decay,
-                grad_factor=grad_factor,
-                modifiers=modifiers,
-            )
-            for t in group_steps
-        ]
+        coefficients = [_coefficients(t.item(), hyper, grad_factor) for t in group_steps]
         first = g if norms is None else [adanorm_(x, e, modifiers.adanorm_gamma) for x, e in zip(g, norms)]
         if previous_p is not None:
             torch._foreach_sub_(previous_p, p)
             first = [injected(s, change, c.inject_scale) for s, change, c in zip(first, previous_p, coefficients)]
             _snapshot_(previous_p, p)
-        if decay and decoupled_weight_decay:
+        if decay and hyper.decoupled_weight_decay:
             torch._foreach_mul_(p, 1.0 - lr * weight_decay)
         torch._foreach_lerp_(m, first, 1.0 - beta1)
         torch._foreach_mul_(v, beta2)
@@ -540,7 +514,7 @@ def _multi_tensor_diffgrad(
             second_moments = v_max
         # ξ in g_{t−1}'s storage, which then takes g_t.
         torch._foreach_sub_(prev, g)
-        xis = foreach_friction_(friction, prev, g)
+        xis = foreach_friction_(hyper.friction, prev, g)
         denominators = torch._foreach_sqrt(second_moments)
         torch._foreach_add_(denominators, [c.eps for c in coefficients])
         torch._foreach_mul_(xis, m)
@@ -580,41 +554,27 @@ def _fused_diffgrad(
     state_steps: list[Tensor],
     grad_scale: Tensor | None,
     found_inf: Tensor | None,
-    *,
-    lr: float | Tensor,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    decoupled_weight_decay: bool,
-    maximize: bool,
-    friction: Friction,
-    modifiers: Modifiers,
+    hyper: _Hyper,
 ) -> None:
     if not params:
         return
-    rule = _Rule(weight_decay, decoupled_weight_decay, maximize or grad_scale is not None, friction, modifiers)
+    lr, maximize = hyper.lr, hyper.maximize
+    rule = _Rule.of(hyper, scale_grad=maximize or grad_scale is not None)
     sharded = [i for i, p in enumerate(params) if is_traceable_wrapper_subclass(p)]
     if sharded and rule.whole_tensor:
         # Whole-tensor statistics of a sharded (FSDP2) parameter need collectives: those
         # parameters take the eager step, whose DTensor reductions provide them.
-        options = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, maximize=maximize)
-        _single_tensor_diffgrad(
-            *_subset(sharded, params, grads, state, exp_grad_norms, state_steps),
-            grad_scale,
-            found_inf,
-            decoupled_weight_decay=decoupled_weight_decay,
-            friction=friction,
-            modifiers=modifiers,
-            **options,
+        lists = (params, grads, state, exp_grad_norms, state_steps)
+        _single_tensor_diffgrad(*_subset(sharded, *lists), grad_scale, found_inf, hyper)
+        params, grads, state, exp_grad_norms, state_steps = _subset(
+            [i for i in range(len(params)) if i not in set(sharded)], *lists
         )
-        rest = [i for i in range(len(params)) if not is_traceable_wrapper_subclass(params[i])]
-        params, grads, state, exp_grad_norms, state_steps = _subset(rest, params, grads, state, exp_grad_norms, state_steps)
-    # An element-wise step needs nothing of a DTensor but its local shard, so the compiled step
-    # gets the shards. (Given DTensors, torch 2.13's AOTAutograd cache would key them by their
-    # global shape: ranks with uneven shards would load each other's compiled code.)
-    params, grads = [_local(p) for p in params], [_local(g) for g in grads]
-    state = _Buffers(*(None if b is None else [_local(t) for t in b] for b in state))
+    elif sharded:
+        # An element-wise step needs nothing of a DTensor but its local shard, so the compiled
+        # step gets the shards. (Given DTensors, torch 2.13's AOTAutograd cache would key them by
+        # their global shape: ranks with uneven shards would load each other's compiled code.)
+        params, grads = [_local(p) for p in params], [_local(g) for g in grads]
+        state = _Buffers(*(None if b is None else [_local(t) for t in b] for b in state))
     for indices in _by_device_and_dtype(params):
         device = params[indices[0]].device
         steps = [state_steps[i] for i in indices]
@@ -622,16 +582,8 @@ def _fused_diffgrad(
         grad_factor: float | Tensor = -1.0 if maximize else 1.0
         if grad_scale is not None:
             grad_factor = grad_factor / grad_scale.to(device, torch.float64, non_blocking=True)
-        scalars = _coefficients(
-            torch.stack(steps).to(torch.float64) + 1.0,
-            lr=lr.to(device, torch.float64, non_blocking=True) if isinstance(lr, Tensor) else lr,
-            beta1=beta1,
-            beta2=beta2,
-            eps=eps,
-            weight_decay=weight_decay,
-            grad_factor=grad_factor,
-            modifiers=modifiers,
-        )
+        device_lr = lr.to(device, torch.float64, non_blocking=True) if isinstance(lr, Tensor) else lr
+        scalars = _coefficients(torch.stack(steps).to(torch.float64) + 1.0, hyper._replace(lr=device_lr), grad_factor)
         # One row of scalars per tensor, computed here (a few tiny kernels) rather than in the
         # compiled graph, where Inductor would re-evaluate β^t inside every element loop.
         table = torch.stack(
