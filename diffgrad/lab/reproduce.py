@@ -99,10 +99,7 @@ class Scale:
     fair_budget: int
     fair_seeds: int
     fair_steps: int | None
-    family_workloads: tuple[str, ...]
-    family_budget: int
-    family_seeds: int
-    family_steps: int | None
+    family_workloads: tuple[str, ...]  # the family runs with the fair comparison's budget, seeds and steps
     notes: tuple[str, ...] = field(default=())
 
 
@@ -118,9 +115,6 @@ FULL = Scale(
     fair_seeds=5,
     fair_steps=None,
     family_workloads=OFFLINE_WORKLOADS,
-    family_budget=16,
-    family_seeds=5,
-    family_steps=None,
     notes=(
         "The tuned comparisons leave out the `charlm` workload: at about 30 s a run on one CPU core, 13 "
         "optimizers × 21 runs would take over two hours; `diffgrad compare --workload charlm` runs it.",
@@ -138,9 +132,6 @@ QUICK = Scale(
     fair_seeds=2,
     fair_steps=120,
     family_workloads=("mnist1d-mlp",),
-    family_budget=3,
-    family_seeds=2,
-    family_steps=120,
     notes=(
         "This is the `--quick` run: 120 training steps per run, one seed for the paper protocol, "
         "3 tuning trials and 2 seeds for the tuned protocol, a regret horizon of 3,000, one stand-in "
@@ -260,8 +251,8 @@ def _fair_plans(scale: Scale) -> list[StudyPlan]:
 
 def _family_plans(scale: Scale) -> list[StudyPlan]:
     """Section 6: the diffGrad family, plain diffGrad and Adam."""
-    return _tuned_plans(scale.family_workloads, ("adam", "diffgrad", *FAMILY_OPTIMIZERS), budget=scale.family_budget,
-                        seeds=scale.family_seeds, steps=scale.family_steps, tag=FAMILY_TAG)
+    return _tuned_plans(scale.family_workloads, ("adam", "diffgrad", *FAMILY_OPTIMIZERS), budget=scale.fair_budget,
+                        seeds=scale.fair_seeds, steps=scale.fair_steps, tag=FAMILY_TAG)
 
 
 # ------------------------------------------------------------------------------- 1-D functions

@@ -23,9 +23,6 @@ TINY = rp.Scale(
     fair_seeds=1,
     fair_steps=4,
     family_workloads=("digits-cnn",),
-    family_budget=1,
-    family_seeds=1,
-    family_steps=4,
     notes=("tiny test scale",),
 )
 
