@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -315,6 +315,24 @@ def test_workers_on_one_postgresql_database_share_the_study_without_running_a_tr
         ("tune", 0)] * BUDGET
 
 
+def _in_threads(fn: Callable[[], object], count: int) -> None:
+    """Run ``fn`` in ``count`` threads at once; fail with their errors, or if one hangs."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fn()
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, daemon=True) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=RUN_TIMEOUT)
+    assert not errors and not any(thread.is_alive() for thread in threads), errors
+
+
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_a_waiting_trial_is_claimed_by_one_worker_only(backend, tmp_path, request):
@@ -327,22 +345,13 @@ def test_a_waiting_trial_is_claimed_by_one_worker_only(backend, tmp_path, reques
     for _ in range(queued):
         study.enqueue_trial({"x": 0.0})
     claimed: list[int] = []
-    errors: list[BaseException] = []
 
     def claim() -> None:
-        try:
-            worker = optuna.load_study(study_name="claims", storage=open_storage(url))  # its own connections
-            while (number := worker.ask().number) < queued:  # past the queue, ask creates new trials
-                claimed.append(number)
-        except BaseException as error:  # noqa: BLE001 - reported by the test below
-            errors.append(error)
+        worker = optuna.load_study(study_name="claims", storage=open_storage(url))  # its own connections
+        while (number := worker.ask().number) < queued:  # past the queue, ask creates new trials
+            claimed.append(number)
 
-    threads = [threading.Thread(target=claim, daemon=True) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=RUN_TIMEOUT)
-    assert not errors and not any(thread.is_alive() for thread in threads), errors
+    _in_threads(claim, 3)
     repeated = sorted(number for number, count in Counter(claimed).items() if count > 1)
     assert not repeated, f"trials claimed more than once: {repeated}"
     assert sorted(claimed) == list(range(queued))
@@ -363,21 +372,12 @@ def test_workers_that_look_at_the_study_together_try_different_settings(tmp_path
         fail_stale(study)
 
     monkeypatch.setattr(runner, "_fail_stale", look_together)
-    errors: list[BaseException] = []
 
     def work() -> None:
-        try:
-            plan = runner.plan_study(TinyWorkload(), "adam", budget=4, seeds=1)
-            runner.run_study(plan, open_storage(url, heartbeat_interval=1))
-        except BaseException as error:  # noqa: BLE001 - reported by the test below
-            errors.append(error)
+        plan = runner.plan_study(TinyWorkload(), "adam", budget=4, seeds=1)
+        runner.run_study(plan, open_storage(url, heartbeat_interval=1))
 
-    threads = [threading.Thread(target=work, daemon=True) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=RUN_TIMEOUT)
-    assert not errors and not any(thread.is_alive() for thread in threads), errors
+    _in_threads(work, 2)
     trials = optuna.load_study(study_name="tiny/adam/tuned", storage=url).get_trials(deepcopy=False)
     tune = [t for t in trials if t.state.name == "COMPLETE" and t.user_attrs["phase"] == "tune"]
     assert len(tune) == 4 and len({t.params["lr"] for t in tune}) == 4, _describe(trials)

@@ -6,10 +6,14 @@ compiled by one test serves the next from Dynamo's cache.
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
 import pytest
 import torch
 from torch._dynamo.utils import counters
-from torch.profiler import ProfilerActivity, profile
 
 from diffgrad import DiffGrad
 from reference import RefState, reference_kwargs, reference_step
@@ -119,6 +123,15 @@ def test_params_without_grad_keep_their_state() -> None:
     assert opt.state[params[0]]["step"].item() == 2.0
 
 
+def _benchmark() -> ModuleType:
+    """benchmarks/step.py, whose peak-memory measurement the test shares."""
+    path = Path(__file__).parents[2] / "benchmarks" / "step.py"
+    spec = importlib.util.spec_from_file_location("benchmark_step", path)
+    module = sys.modules.setdefault(spec.name, importlib.util.module_from_spec(spec))
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_fused_step_allocates_no_full_size_temporary() -> None:
     """Peak memory allocated during a step (profiler allocator events) stays under 5 % of the
     parameters' bytes: Inductor writes p, m, v and g_{t−1} in place from one loop."""
@@ -126,15 +139,7 @@ def test_fused_step_allocates_no_full_size_temporary() -> None:
     p.grad = torch.randn_like(p)
     opt = DiffGrad([p], fused=True)
     opt.step()  # state, compilation
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        opt.step()
-    events = sorted(
-        (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns()
-    )
-    running = peak = 0
-    for e in events:
-        running += e.nbytes()
-        peak = max(peak, running)
+    peak = _benchmark().peak_extra_bytes(opt.step, p.device)
     assert peak <= 0.05 * p.numel() * p.element_size()
 
 
