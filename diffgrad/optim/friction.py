@@ -29,6 +29,7 @@ from torch import Tensor
 
 __all__ = ["FRICTIONS", "Friction", "abs_grad_stats", "friction_", "foreach_friction_", "get_friction"]
 
+_LOG2_E = 1.4426950408889634
 # the slope as a function of (μ, ν), the statistics of |g_t|
 _StatFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -84,18 +85,32 @@ def abs_grad_stats(grad: Tensor) -> tuple[Tensor, Tensor]:
     return mu, nu
 
 
-def friction_(friction: Friction, delta: Tensor, grad: Tensor) -> Tensor:
-    """Turn Δg = g_{t−1} − g_t into ξ, in place in ``delta``'s storage, and return it."""
-    xi = delta.abs_() if friction.absolute else delta
+def friction_(friction: Friction, delta: Tensor, grad: Tensor, *, inverse: bool = False) -> Tensor:
+    """Turn Δg = g_{t−1} − g_t into ξ, or into 1/ξ with ``inverse``, in place in ``delta``'s
+    storage, and return it.
+
+    For the plain logistic (scale 1, shift 0: DFC, DFC1, DFC3–5), 1/ξ = 1 + e^{−z} takes no
+    division, so a step that divides by (sqrt(v̂) + ε)/ξ divides once per element where
+    ξ·m̂/(sqrt(v̂) + ε) divides twice (the logistic's own 1/(1 + e^{−z}) and the update's).
+    Where z ≥ 0 (|Δg| with a constant slope: DFC), e^{−z} is computed as 2^{−z·log2 e}, a
+    cheaper polynomial than e^x's: rounding z·log2 e moves e^{−z} by at most e^{−z}·z·u ≤ u/e
+    (u the unit round-off), so 1 + e^{−z} stays within about one unit in the last place. Where
+    z may be negative that error would grow with |z|, so those variants keep e^x.
+    """
+    z = delta.abs_() if friction.absolute else delta
     if friction.uses_stats:
         mu, nu = abs_grad_stats(grad)
-        xi.mul_(friction.stat_slope(mu, nu)).sub_(mu)
+        z.mul_(friction.stat_slope(mu, nu)).sub_(mu)
     elif friction.slope != 1.0:
-        xi.mul_(friction.slope)
-    xi.sigmoid_()
-    if friction.scale != 1.0 or friction.shift != 0.0:
+        z.mul_(friction.slope)
+    affine = friction.scale != 1.0 or friction.shift != 0.0
+    if inverse and not affine:
+        nonnegative = friction.absolute and not friction.uses_stats
+        return (z.mul_(-_LOG2_E).exp2_() if nonnegative else z.neg_().exp_()).add_(1.0)
+    xi = z.sigmoid_()
+    if affine:
         xi.mul_(friction.scale).add_(friction.shift)
-    return xi
+    return xi.reciprocal_() if inverse else xi
 
 
 def foreach_friction_(friction: Friction, deltas: list[Tensor], grads: list[Tensor]) -> list[Tensor]:

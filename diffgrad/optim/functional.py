@@ -73,6 +73,7 @@ class _Coefficients(NamedTuple):
     tensors (a row of a table built before the graph runs) in the compiled one."""
 
     decay: float | Tensor  # 1 − αλ
+    beta1: float | Tensor
     lerp1: float | Tensor  # 1 − β1
     beta2: float | Tensor
     lerp2: float | Tensor  # 1 − β2
@@ -153,6 +154,7 @@ def _coefficients(step: float | Tensor, hyper: _Hyper, grad_factor: float | Tens
             inject_scale = inverse_k
     return _Coefficients(
         decay=1 - lr * weight_decay,
+        beta1=beta1,
         lerp1=1 - beta1,
         beta2=beta2,
         lerp2=1 - beta2,
@@ -172,10 +174,12 @@ def _apply_update_(
     buffers: _Buffers,
     hp: _KernelStep | _Coefficients,
     modifiers: Modifiers,
+    *,
+    traced: bool,
 ) -> None:
     """Eq. 11–13 in place on m (from ``first``: g, or its AdaNorm/AdaInject form) and v (and
     v_max), then Eq. 20, θ ← θ − α·u with u = ξ·m̂/(sqrt(v̂) + ε), rectified and masked as
-    ``modifiers`` ask."""
+    ``modifiers`` ask. ``xi`` holds ξ, or 1/ξ when ``traced`` (see :func:`_update_`)."""
     exp_avg, exp_avg_sq, max_exp_avg_sq = buffers.exp_avg, buffers.exp_avg_sq, buffers.max_exp_avg_sq
     if isinstance(hp, _KernelStep):
         # torch's fused Adam kernel applied to a zero "parameter" leaves −α·m̂/(sqrt(v̂) + ε) in it.
@@ -197,17 +201,22 @@ def _apply_update_(
         )
         param.addcmul_(update, xi)
         return
-    exp_avg.lerp_(first, hp.lerp1)
+    if traced:
+        exp_avg.mul_(hp.beta1).add_(first * hp.lerp1)  # a multiply and an FMA; lerp selects and blends
+    else:
+        exp_avg.lerp_(first, hp.lerp1)  # one pass
     exp_avg_sq.mul_(hp.beta2).addcmul_(g, g, value=hp.lerp2)
     if max_exp_avg_sq is not None:
         torch.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
         exp_avg_sq = max_exp_avg_sq
     denominator = exp_avg_sq.sqrt().add_(hp.eps)
+    if traced:
+        denominator.mul_(xi)  # (sqrt(v) + ε_t)/ξ
     if not (modifiers.rectify or modifiers.cautious):
-        param.addcdiv_(xi.mul_(exp_avg), denominator, value=-hp.step_size)
+        param.addcdiv_(exp_avg if traced else xi.mul_(exp_avg), denominator, value=-hp.step_size)
         return
     # α·u = m·(ξ·s_t/(sqrt(v) + ε_t) + the rectified warm-up's α·w/(1 − β1^t)).
-    update = xi.mul_(hp.step_size).div_(denominator)
+    update = (denominator.reciprocal_() if traced else xi.div_(denominator)).mul_(hp.step_size)
     if modifiers.rectify:
         update.add_(hp.momentum_step)
     update.mul_(exp_avg)
@@ -237,9 +246,14 @@ def _update_(
         _snapshot_([buffers.previous_param], [param])
     if decay and rule.decoupled_weight_decay:
         param.mul_(hp.decay)
-    # ξ is computed in g_{t−1}'s storage, which then takes g_t: no temporary for Δg.
-    xi = friction_(rule.friction, buffers.previous_grad.sub_(g), g)
-    _apply_update_(param, xi, first, g, buffers, hp, rule.modifiers)
+    # ξ is computed in g_{t−1}'s storage, which then takes g_t: no temporary for Δg. Traced by
+    # torch.compile, the step becomes one loop whose arithmetic, not its memory traffic, bounds
+    # it on a CPU core, so it takes the forms with the fewest operations per element (ξ as the
+    # divisor 1/ξ: one division instead of two); eager, where each operation is a pass over
+    # memory, the forms with the fewest passes. (A traced step never takes _KernelStep.)
+    traced = torch.compiler.is_compiling()
+    xi = friction_(rule.friction, buffers.previous_grad.sub_(g), g, inverse=traced)
+    _apply_update_(param, xi, first, g, buffers, hp, rule.modifiers, traced=traced)
     buffers.previous_grad.copy_(g)
 
 

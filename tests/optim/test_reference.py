@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from diffgrad import DiffGrad
+from diffgrad.optim.friction import FRICTIONS, friction_, get_friction
 from reference import RefState, reference_kwargs, reference_step
 
 IMPLEMENTATIONS = {"single_tensor": {"foreach": False}, "foreach": {"foreach": True}}
@@ -210,6 +211,20 @@ def test_friction_stats_reading_for_dfc3() -> None:
     xi = torch.sigmoid(nu * a - mu)  # g_0 = 0, so |Δg| = |g_1|
     # With β1 = β2 = 0 the Adam direction is sign(g): the step is −ξ·sign(g).
     torch.testing.assert_close(p.detach(), -xi * grad.sign())
+
+
+@pytest.mark.parametrize("name", sorted(FRICTIONS))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_inverse_friction_is_the_reciprocal_to_round_off(name: str, dtype: torch.dtype) -> None:
+    """The compiled step's 1/ξ (1 + e^(−z), with 2^(−z·log2 e) where z ≥ 0) against 1/ξ from
+    the eager step's ξ, over changes up to ±40 (DFC1 and DFC3–5 reach z < 0)."""
+    g = torch.Generator().manual_seed(0)
+    grad = (torch.randn(4096, generator=g) * 3).to(dtype)
+    delta = torch.linspace(-40.0, 40.0, 4096, dtype=dtype)
+    friction = get_friction(name)
+    actual = friction_(friction, delta.clone(), grad, inverse=True)
+    expected = friction_(friction, delta.clone(), grad).reciprocal()
+    torch.testing.assert_close(actual, expected, rtol=4 * torch.finfo(dtype).eps, atol=0.0)
 
 
 def test_first_step_friction_uses_g0_zero() -> None:
