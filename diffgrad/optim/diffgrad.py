@@ -58,9 +58,11 @@ class DiffGrad(Optimizer):
             :mod:`diffgrad.optim.friction` for the reading of μ and ν), or a
             :class:`~diffgrad.optim.friction.Friction`.
         maximize: maximise the objective (the gradient's sign is flipped first).
-        foreach: use the ``torch._foreach_*`` implementation. ``None`` picks per device: the
-            per-tensor loop on CPU (faster there, see ``benchmarks/step.py``) and foreach on
-            accelerators.
+        foreach: ``True``: the ``torch._foreach_*`` implementation; ``False``: the per-tensor
+            loop. ``None`` picks per tensor: the per-tensor loop for CPU tensors of 32768
+            elements and more (its cache-sized slices are faster there), foreach for the rest
+            (one dispatch per operation for all small tensors; fewer kernel launches on
+            accelerators). See ``benchmarks/step.py``.
         fused: use the single-pass step that ``torch.compile`` builds per parameter group
             (Inductor: C++/OpenMP on CPU, Triton on GPU). The first step compiles (seconds to
             minutes for hundreds of tensors; cached on disk for later runs); learning-rate
@@ -302,9 +304,6 @@ class DiffGrad(Optimizer):
             )
             if not params:
                 continue
-            foreach = group["foreach"]
-            if foreach is None:
-                foreach = not group["fused"] and _default_foreach(params)
             beta1, beta2 = group["betas"]
             diffgrad(
                 params,
@@ -318,7 +317,7 @@ class DiffGrad(Optimizer):
                 found_inf,
                 previous_params=previous_params,
                 exp_grad_norms=exp_grad_norms,
-                foreach=foreach,
+                foreach=group["foreach"],
                 fused=bool(group["fused"]),
                 lr=group["lr"] if group["fused"] else float(group["lr"]),
                 beta1=float(beta1),
@@ -340,12 +339,6 @@ def _modifiers(group: dict[str, Any]) -> Modifiers:
 
 def _resolve_friction(friction: str | Friction) -> Friction:
     return friction if isinstance(friction, Friction) else get_friction(friction)
-
-
-def _default_foreach(params: list[Tensor]) -> bool:
-    # Measured on a 2-core CPU (benchmarks/step.py): the sliced per-tensor loop beats foreach
-    # there (its slices stay in cache), while on accelerators foreach saves kernel launches.
-    return all(p.device.type != "cpu" for p in params)
 
 
 def _check_options(group: dict[str, Any]) -> None:

@@ -312,7 +312,7 @@ def diffgrad(
     *,
     previous_params: list[Tensor] | None = None,
     exp_grad_norms: list[Tensor] | None = None,
-    foreach: bool = False,
+    foreach: bool | None = None,
     fused: bool = False,
     lr: float | Tensor,
     beta1: float,
@@ -333,7 +333,8 @@ def diffgrad(
     :class:`~diffgrad.optim.state.Blockwise8`. ``grad_scale`` and ``found_inf`` come from
     ``torch.amp.GradScaler``: gradients are divided by ``grad_scale``, and where ``found_inf`` is
     non-zero the step leaves parameters and state untouched. ``fused`` runs the compiled
-    single-pass step; ``foreach`` the ``torch._foreach_*`` one.
+    single-pass step; ``foreach=True`` the ``torch._foreach_*`` one, ``False`` the per-tensor
+    one, and ``None`` picks per tensor (:func:`_default_diffgrad`).
     """
     if foreach and fused:
         raise RuntimeError("DiffGrad: `fused` and `foreach` cannot both be True")
@@ -354,7 +355,15 @@ def diffgrad(
         max_exp_avg_sqs if amsgrad else None,
         previous_params if modifiers.adainject else None,
     )
-    impl = _fused_diffgrad if fused else _multi_tensor_diffgrad if foreach else _single_tensor_diffgrad
+    impl = (
+        _fused_diffgrad
+        if fused
+        else _default_diffgrad
+        if foreach is None
+        else _multi_tensor_diffgrad
+        if foreach
+        else _single_tensor_diffgrad
+    )
     impl(
         params,
         grads,
@@ -365,6 +374,30 @@ def diffgrad(
         found_inf,
         _Hyper(lr, beta1, beta2, eps, weight_decay, decoupled_weight_decay, maximize, friction, modifiers),
     )
+
+
+def _default_diffgrad(
+    params: list[Tensor],
+    grads: list[Tensor],
+    state: _Buffers,
+    exp_grad_norms: list[Tensor] | None,
+    state_steps: list[Tensor],
+    grad_scale: Tensor | None,
+    found_inf: Tensor | None,
+    hyper: _Hyper,
+) -> None:
+    """The default eager step. Large CPU tensors take the per-tensor step, whose cache-sized
+    slices beat foreach's whole-tensor passes there; the rest take the foreach step: a small
+    tensor's per-tensor step is a dozen dispatches for a few thousand elements, which foreach
+    turns into one dispatch per operation for all of them, and on accelerators it saves kernel
+    launches (measured in benchmarks/step.py)."""
+    lists = (params, grads, state, exp_grad_norms, state_steps)
+    large = [i for i, p in enumerate(params) if p.device.type == "cpu" and real_numel(p) >= _SERIAL_NUMEL]
+    if large:
+        _single_tensor_diffgrad(*_subset(large, *lists), grad_scale, found_inf, hyper)
+    if len(large) < len(params):
+        rest = sorted(set(range(len(params))) - set(large))
+        _multi_tensor_diffgrad(*_subset(rest, *lists), grad_scale, found_inf, hyper)
 
 
 def _eager_grad_factor(grad_scale: Tensor | None, found_inf: Tensor | None, maximize: bool) -> float | None:

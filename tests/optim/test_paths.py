@@ -13,7 +13,8 @@ from reference import RefState, reference_kwargs, reference_step
 
 HP = {"lr": 0.01, "betas": (0.8, 0.99), "eps": 1e-6}
 ALL_OPTIONS = {"weight_decay": 0.05, "amsgrad": True, "maximize": True}
-PATHS = {"single_tensor": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+# "default" (foreach=None) sends the large CPU tensor to the per-tensor step, the rest to foreach.
+PATHS = {"single_tensor": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}, "default": {}}
 
 
 @pytest.mark.parametrize(
@@ -60,8 +61,8 @@ def test_slices_equal_whole_tensors_bit_for_bit(monkeypatch: pytest.MonkeyPatch,
 
 
 def test_all_paths_agree_on_every_state_key() -> None:
-    """Per-tensor, foreach and fused, on float32, bfloat16 and float16 parameters together
-    (state in float32), large and small, contiguous or not."""
+    """Per-tensor, foreach, fused and the default mix, on float32, bfloat16 and float16
+    parameters together (state in float32), large and small, contiguous or not."""
     runs = {}
     for name, path in PATHS.items():
         g = torch.Generator().manual_seed(0)
