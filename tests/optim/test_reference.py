@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from diffgrad import DiffGrad
-from diffgrad.optim.friction import FRICTIONS, friction_, get_friction
+from diffgrad.optim.friction import FRICTIONS, friction_, get_friction, one_plus_exp_neg
 from reference import RefState, reference_kwargs, reference_step
 
 IMPLEMENTATIONS = {"single_tensor": {"foreach": False}, "foreach": {"foreach": True}}
@@ -225,6 +225,19 @@ def test_inverse_friction_is_the_reciprocal_to_round_off(name: str, dtype: torch
     actual = friction_(friction, delta.clone(), grad, inverse=True)
     expected = friction_(friction, delta.clone(), grad).reciprocal()
     torch.testing.assert_close(actual, expected, rtol=4 * torch.finfo(dtype).eps, atol=0.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_one_plus_exp_neg_is_within_one_ulp(dtype: torch.dtype) -> None:
+    """The compiled DFC step's 1 + e^(−z) (z ≥ 0) against float64 (for float64 inputs, against
+    float64's own exp, itself within about half an ulp); +inf gives 1, NaN stays NaN."""
+    z = torch.cat([torch.linspace(0.0, 60.0, 100_001, dtype=dtype), torch.tensor([float("inf"), float("nan")], dtype=dtype)])
+    actual = one_plus_exp_neg(z)
+    expected = 1.0 + torch.exp(-z.double())
+    ulp = torch.finfo(dtype).eps  # the spacing of [1, 2), where the result lies
+    slack = {torch.float32: 1.0, torch.float64: 1.5}[dtype]
+    assert (actual[:-1].double() - expected[:-1]).abs().max() <= slack * ulp
+    assert actual[-2] == 1.0 and actual[-1].isnan()
 
 
 def test_first_step_friction_uses_g0_zero() -> None:
