@@ -235,38 +235,42 @@ class DiffGrad(Optimizer):
         previous_params: list[Tensor],
         exp_grad_norms: list[Tensor],
     ) -> None:
+        # Read once per group: this loop runs over every parameter at every step.
+        fused, state_dtype = group["fused"], group["state_dtype"]
+        amsgrad, adainject, adanorm = group["amsgrad"], group["adainject"], group["adanorm"]
         for p in group["params"]:
-            if p.grad is None:
+            grad = p.grad
+            if grad is None:
                 continue
-            if p.grad.is_sparse:
+            if grad.is_sparse:
                 raise RuntimeError("DiffGrad does not support sparse gradients; got a sparse grad")
             state = self.state[p]
             if not state:
-                if group["fused"] and not torch.is_floating_point(p):
+                if fused and not torch.is_floating_point(p):
                     raise RuntimeError(f"DiffGrad(fused=True) needs floating-point parameters; got {p.dtype}")
                 # The compiled step reads ``step`` on the parameter's device, without a host
                 # synchronisation (as torch.optim's fused optimizers); the eager paths on the CPU.
-                state["step"] = torch.tensor(0.0, dtype=torch.float32, device=p.device if group["fused"] else None)
+                state["step"] = torch.tensor(0.0, dtype=torch.float32, device=p.device if fused else None)
                 for key in STATE_KEYS[1:]:
-                    self._set_buffer(state, key, new_buffer(p, group["state_dtype"]))
-            if group["amsgrad"] and "max_exp_avg_sq" not in state:
-                self._set_buffer(state, "max_exp_avg_sq", new_buffer(p, group["state_dtype"]))
-            if group["adainject"] and "previous_param" not in state:
+                    self._set_buffer(state, key, new_buffer(p, state_dtype))
+            if amsgrad and "max_exp_avg_sq" not in state:
+                self._set_buffer(state, "max_exp_avg_sq", new_buffer(p, state_dtype))
+            if adainject and "previous_param" not in state:
                 # θ_{t−1} = θ_t before the first step: Δθ_1 = 0.
                 state["previous_param"] = new_buffer(p, None).copy_(p)
-            if group["adanorm"] and "exp_grad_norm" not in state:
+            if adanorm and "exp_grad_norm" not in state:
                 state["exp_grad_norm"] = torch.zeros((), dtype=compute_dtype(p), device=p.device)
             params.append(p)
-            grads.append(p.grad)
+            grads.append(grad)
             exp_avgs.append(get_buffer(state, "exp_avg"))
             exp_avg_sqs.append(get_buffer(state, "exp_avg_sq"))
             previous_grads.append(get_buffer(state, "previous_grad"))
             state_steps.append(state["step"])
-            if group["amsgrad"]:
+            if amsgrad:
                 max_exp_avg_sqs.append(get_buffer(state, "max_exp_avg_sq"))
-            if group["adainject"]:
+            if adainject:
                 previous_params.append(state["previous_param"])
-            if group["adanorm"]:
+            if adanorm:
                 exp_grad_norms.append(state["exp_grad_norm"])
 
     @torch.no_grad()
