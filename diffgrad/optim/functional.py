@@ -43,7 +43,7 @@ from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from diffgrad.optim.friction import Friction, foreach_friction_, friction_
 from diffgrad.optim.modifiers import Modifiers, adanorm_, cautious_, centralized, injected, rectification
-from diffgrad.optim.state import Span, StateBuffer, compute_dtype, flat_viewable, load, real_numel, store
+from diffgrad.optim.state import Blockwise8, Span, StateBuffer, compute_dtype, flat_viewable, load, real_numel, store
 
 __all__ = ["diffgrad"]
 
@@ -233,9 +233,11 @@ def _update_(
     exp_grad_norm: Tensor | None,
     hp: _KernelStep | _Coefficients,
     rule: _Rule,
+    *,
+    traced: bool,
 ) -> None:
     """One diffGrad step (Eq. 11–20, with the modifiers of ``rule``) on matching slices, in
-    place; ``grad`` is only read."""
+    place; ``grad`` is only read. ``traced``: written for torch.compile's single loop (below)."""
     g = grad.mul(hp.grad_factor) if rule.scale_grad else grad
     decay = rule.weight_decay != 0.0
     if decay and not rule.decoupled_weight_decay:
@@ -252,7 +254,6 @@ def _update_(
     # it on a CPU core, so it takes the forms with the fewest operations per element (ξ as the
     # divisor 1/ξ: one division instead of two); eager, where each operation is a pass over
     # memory, the forms with the fewest passes. (A traced step never takes _KernelStep.)
-    traced = torch.compiler.is_compiling()
     xi = friction_(rule.friction, buffers.previous_grad.sub_(g), g, inverse=traced)
     _apply_update_(param, xi, first, g, buffers, hp, rule.modifiers, traced=traced)
     buffers.previous_grad.copy_(g)
@@ -289,7 +290,11 @@ def _step_slice_(
         *(None if b is None else load(b, span, dtype, copy=copy, sqrt_domain=sq) for b, sq in zip(buffers, _SQRT_DOMAIN))
     )
     norm = exp_grad_norm.clone() if copy and exp_grad_norm is not None else exp_grad_norm
-    _update_(p, g, _Buffers(*(None if x is None else x[0] for x in loaded)), norm, hp, rule)
+    # With 8-bit state the compiled loop is split at the block-wise absmax reductions, and
+    # Inductor 2.13 keeps the longer traced forms' values in full-size buffers between the
+    # pieces (one per state buffer, measured): there the eager forms keep one temporary.
+    traced = torch.compiler.is_compiling() and not any(isinstance(b, Blockwise8) for b in buffers)
+    _update_(p, g, _Buffers(*(None if x is None else x[0] for x in loaded)), norm, hp, rule, traced=traced)
     if store_p:
         store(param, p, span, keep=keep)
     for buffer, value, sq in zip(buffers, loaded, _SQRT_DOMAIN):
@@ -466,7 +471,7 @@ def _single_tensor_diffgrad(
             # Real state in the parameter's own (full-precision) dtype: nothing to load or
             # store, so skip the per-slice bookkeeping, which would cost more than a small
             # tensor's arithmetic.
-            _update_(param, grad, buffers, norm, hp, rule)
+            _update_(param, grad, buffers, norm, hp, rule, traced=compiling)
             continue
         for span in spans:
             _step_slice_(param, grad, buffers, norm, hp, span, rule, copy=False, keep=None)

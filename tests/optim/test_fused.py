@@ -132,15 +132,18 @@ def _benchmark() -> ModuleType:
     return module
 
 
-def test_fused_step_allocates_no_full_size_temporary() -> None:
-    """Peak memory allocated during a step (profiler allocator events) stays under 5 % of the
-    parameters' bytes: Inductor writes p, m, v and g_{t−1} in place from one loop."""
+@pytest.mark.parametrize(("state_dtype", "limit"), [(None, 0.05), ("8bit", 1.05)], ids=["float32", "8bit"])
+def test_fused_step_allocates_no_full_size_temporary(state_dtype: str | None, limit: float) -> None:
+    """Peak memory allocated during a step (profiler allocator events), as a fraction of the
+    parameters' bytes: under 5 % with float32 state (Inductor writes p, m, v and g_{t−1} in
+    place from one loop); with 8-bit state, where the loop is split at the block-wise absmax
+    reductions, one float32 buffer between the pieces."""
     p = torch.randn(1 << 20, requires_grad=True)
     p.grad = torch.randn_like(p)
-    opt = DiffGrad([p], fused=True)
+    opt = DiffGrad([p], fused=True, state_dtype=state_dtype)
     opt.step()  # state, compilation
     peak = _benchmark().peak_extra_bytes(opt.step, p.device)
-    assert peak <= 0.05 * p.numel() * p.element_size()
+    assert peak <= limit * p.numel() * p.element_size()
 
 
 def test_fused_argument_errors() -> None:
