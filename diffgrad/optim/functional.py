@@ -13,17 +13,21 @@ diffGrad's step is Adam's update u_t = −α·m̂_t/(sqrt(v̂_t) + ε) scaled el
 compiled paths, with u_t from torch's fused Adam kernel (``_KernelStep``: one pass over m, v and
 u) or from explicit arithmetic (``_Coefficients``: Python floats or 0-dim tensors):
 
-* ``_single_tensor_diffgrad`` (eager, the CPU default) steps one tensor at a time, large ones in
-  cache-sized slices. For large CPU tensors u_t comes from the fused Adam kernel and ξ_t is
+* ``_single_tensor_diffgrad`` (eager; by default the CPU tensors of 32768 elements and more,
+  :func:`_default_diffgrad`) steps one tensor at a time, large ones in cache-sized slices. For large CPU tensors u_t comes from the fused Adam kernel and ξ_t is
   computed in g_{t−1}'s own storage: about 21 memory passes per element instead of 28, and the
   passes of a slice after its first touch hit cache rather than DRAM. Small tensors (whose step
   the kernel's OpenMP region would dominate), other devices and a step traced by
   ``torch.compile`` use the explicit arithmetic.
-* ``_multi_tensor_diffgrad`` writes the same equations with ``torch._foreach_*`` kernels.
+* ``_multi_tensor_diffgrad`` writes the same equations with ``torch._foreach_*`` kernels (by
+  default the small CPU tensors and every tensor on other devices).
 * ``_fused_diffgrad`` traces :func:`_update_` with the explicit arithmetic over all tensors of a
   device into one ``torch.compile`` graph, so Inductor fuses each tensor's step into one pass:
   read p, g, m, v, g_{t−1}; write p, m, v, g_{t−1}. Step-dependent scalars (bias corrections,
-  lr, betas) enter as a tensor, so neither a scheduler nor the step count recompiles it.
+  lr, betas) enter as a tensor, so neither a scheduler nor the step count recompiles it. That
+  loop is bound by its arithmetic on a CPU core rather than by memory, so traced, the step takes
+  the forms with the fewest operations per element: ξ enters as the divisor 1/ξ = 1 + e^{−z}
+  (one division instead of two; :func:`~diffgrad.optim.friction.one_plus_exp_neg`).
 
 State buffers may be stored in another dtype or 8-bit (:mod:`diffgrad.optim.state`); every path
 converts them in :func:`~diffgrad.optim.state.load` / :func:`~diffgrad.optim.state.store` only.
