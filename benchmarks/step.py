@@ -10,9 +10,9 @@ sees the same background load and the ratios are comparable even when the absolu
 
 Cases: ``resnet50`` is the parameter list of the CIFAR-form ResNet-50 of the paper (kuangliu's
 layout: 3×3 stem, bottleneck stages [3, 4, 6, 3], 10-way linear head): 161 tensors, 23.5 M
-parameters, generated here from the layer structure. ``single`` is one tensor of 25 M elements (rounded to whole 256-element blocks, for 8-bit state).
-``--scale k`` multiplies the widths of ResNet-50 by sqrt(k) (about k times the parameters) and the
-single tensor by k.
+parameters, generated here from the layer structure. ``single`` is one tensor of 25 M elements
+(rounded to whole 256-element blocks, for 8-bit state). ``--scale k`` multiplies the widths of
+ResNet-50 by sqrt(k) (about k times the parameters) and the single tensor by k.
 
 Columns:
   median/min ms   time of one ``step()`` (median and minimum over rounds × steps)

@@ -14,8 +14,9 @@ compiled paths, with u_t from torch's fused Adam kernel (``_KernelStep``: one pa
 u) or from explicit arithmetic (``_Coefficients``: Python floats or 0-dim tensors):
 
 * ``_single_tensor_diffgrad`` (eager; by default the CPU tensors of 32768 elements and more,
-  :func:`_default_diffgrad`) steps one tensor at a time, large ones in cache-sized slices. For large CPU tensors u_t comes from the fused Adam kernel and ξ_t is
-  computed in g_{t−1}'s own storage: about 21 memory passes per element instead of 28, and the
+  :func:`_default_diffgrad`) steps one tensor at a time, large ones in cache-sized slices. For
+  large CPU tensors u_t comes from the fused Adam kernel and ξ_t is computed in g_{t−1}'s own
+  storage: about 21 memory passes per element instead of 28, and the
   passes of a slice after its first touch hit cache rather than DRAM. Small tensors (whose step
   the kernel's OpenMP region would dominate), other devices and a step traced by
   ``torch.compile`` use the explicit arithmetic.
@@ -58,7 +59,6 @@ CHUNK = 1 << 18
 # Below this many elements ATen's element-wise CPU kernels run on one thread (its GRAIN_SIZE),
 # while the fused Adam kernel always opens an OpenMP region.
 _SERIAL_NUMEL = 32768
-
 
 
 class _KernelStep(NamedTuple):
@@ -263,6 +263,14 @@ def _update_(
     buffers.previous_grad.copy_(g)
 
 
+def _one_loop(buffers: _Buffers) -> bool:
+    """Whether this step is traced into a single loop, for which :func:`_update_` takes its
+    traced forms. With 8-bit state the compiled loop is split at the block-wise absmax
+    reductions, and Inductor 2.13 keeps the traced forms' values in full-size buffers between
+    the pieces (one per state buffer, measured): there the eager forms keep one temporary."""
+    return torch.compiler.is_compiling() and not any(isinstance(b, Blockwise8) for b in buffers)
+
+
 def _snapshot_(targets: list[Tensor], sources: list[Tensor]) -> None:
     """targets ← sources, which the step then updates in place."""
     _foreach_copy_(targets, sources)
@@ -294,11 +302,7 @@ def _step_slice_(
         *(None if b is None else load(b, span, dtype, copy=copy, sqrt_domain=sq) for b, sq in zip(buffers, _SQRT_DOMAIN))
     )
     norm = exp_grad_norm.clone() if copy and exp_grad_norm is not None else exp_grad_norm
-    # With 8-bit state the compiled loop is split at the block-wise absmax reductions, and
-    # Inductor 2.13 keeps the longer traced forms' values in full-size buffers between the
-    # pieces (one per state buffer, measured): there the eager forms keep one temporary.
-    traced = torch.compiler.is_compiling() and not any(isinstance(b, Blockwise8) for b in buffers)
-    _update_(p, g, _Buffers(*(None if x is None else x[0] for x in loaded)), norm, hp, rule, traced=traced)
+    _update_(p, g, _Buffers(*(None if x is None else x[0] for x in loaded)), norm, hp, rule, traced=_one_loop(buffers))
     if store_p:
         store(param, p, span, keep=keep)
     for buffer, value, sq in zip(buffers, loaded, _SQRT_DOMAIN):
@@ -402,12 +406,20 @@ def _default_diffgrad(
     turns into one dispatch per operation for all of them, and on accelerators it saves kernel
     launches (measured in benchmarks/step.py)."""
     lists = (params, grads, state, exp_grad_norms, state_steps)
-    large = [i for i, p in enumerate(params) if p.device.type == "cpu" and real_numel(p) >= _SERIAL_NUMEL]
+    large, rest = _partition(params, lambda p: p.device.type == "cpu" and real_numel(p) >= _SERIAL_NUMEL)
     if large:
         _single_tensor_diffgrad(*_subset(large, *lists), grad_scale, found_inf, hyper)
-    if len(large) < len(params):
-        rest = sorted(set(range(len(params))) - set(large))
+    if rest:
         _multi_tensor_diffgrad(*_subset(rest, *lists), grad_scale, found_inf, hyper)
+
+
+def _partition(params: list[Tensor], test: Callable[[Tensor], bool]) -> tuple[list[int], list[int]]:
+    """The indices of ``params`` that pass ``test``, and those that do not."""
+    passed: list[int] = []
+    failed: list[int] = []
+    for i, p in enumerate(params):
+        (passed if test(p) else failed).append(i)
+    return passed, failed
 
 
 def _eager_grad_factor(grad_scale: Tensor | None, found_inf: Tensor | None, maximize: bool) -> float | None:
@@ -420,11 +432,6 @@ def _eager_grad_factor(grad_scale: Tensor | None, found_inf: Tensor | None, maxi
 
 def _at(values: list[Tensor] | None, i: int) -> Tensor | None:
     return None if values is None else values[i]
-
-
-def _select(state: _Buffers, indices: list[int]) -> _Buffers:
-    """The state of the parameters ``indices``, as lists (None stays None)."""
-    return _Buffers(*(None if b is None else [b[i] for i in indices] for b in state))
 
 
 def _single_tensor_diffgrad(
@@ -475,7 +482,7 @@ def _single_tensor_diffgrad(
             # Real state in the parameter's own (full-precision) dtype: nothing to load or
             # store, so skip the per-slice bookkeeping, which would cost more than a small
             # tensor's arithmetic.
-            _update_(param, grad, buffers, norm, hp, rule, traced=compiling)
+            _update_(param, grad, buffers, norm, hp, rule, traced=_one_loop(buffers))
             continue
         for span in spans:
             _step_slice_(param, grad, buffers, norm, hp, span, rule, copy=False, keep=None)
@@ -529,10 +536,9 @@ def _multi_tensor_diffgrad(
     hyper = hyper._replace(lr=float(hyper.lr))
     lr, beta1, beta2, weight_decay, modifiers = hyper.lr, hyper.beta1, hyper.beta2, hyper.weight_decay, hyper.modifiers
     for indices in _by_device_and_dtype(params):
-        group_params = [params[i] for i in indices]
-        group_grads = [grads[i] for i in indices]
-        buffer_lists = _select(state, indices)
-        norms = None if exp_grad_norms is None else [exp_grad_norms[i] for i in indices]
+        group_params, group_grads, buffer_lists, norms, group_steps = _subset(
+            indices, params, grads, state, exp_grad_norms, state_steps
+        )
         # Whole tensors in the compute dtype: views of plain buffers, converted copies otherwise.
         dtype = compute_dtype(group_params[0])
         spans = [
@@ -545,7 +551,6 @@ def _multi_tensor_diffgrad(
         ]
         p, m, v, prev, v_max, previous_p = [None if tensors is None else [t for t, _ in tensors] for tensors in loaded]
         g = [load(grad, span, dtype, copy=False)[0] for grad, span in zip(group_grads, spans)]
-        group_steps = [state_steps[i] for i in indices]
 
         torch._foreach_add_(group_steps, 1.0)
         # The caller's .grad is only read: a changed g_t goes into new tensors.
@@ -598,7 +603,7 @@ def _multi_tensor_diffgrad(
 
 def _by_device_and_dtype(params: list[Tensor]) -> list[list[int]]:
     """Indices of ``params`` by device and compute dtype (torch's C++ grouping by storage dtype,
-    a third of the per-step cost of a Python loop over hundreds of tensors, then merged)."""
+    under half the per-step cost of a Python loop over hundreds of tensors, then merged)."""
     if not params:
         return []
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
@@ -621,15 +626,13 @@ def _fused_diffgrad(
         return
     lr, maximize = hyper.lr, hyper.maximize
     rule = _Rule.of(hyper, scale_grad=maximize or grad_scale is not None)
-    sharded = [i for i, p in enumerate(params) if is_traceable_wrapper_subclass(p)]
+    sharded, plain = _partition(params, is_traceable_wrapper_subclass)
     if sharded and rule.whole_tensor:
         # Whole-tensor statistics of a sharded (FSDP2) parameter need collectives: those
         # parameters take the eager step, whose DTensor reductions provide them.
         lists = (params, grads, state, exp_grad_norms, state_steps)
         _single_tensor_diffgrad(*_subset(sharded, *lists), grad_scale, found_inf, hyper)
-        params, grads, state, exp_grad_norms, state_steps = _subset(
-            [i for i in range(len(params)) if i not in set(sharded)], *lists
-        )
+        params, grads, state, exp_grad_norms, state_steps = _subset(plain, *lists)
     elif sharded:
         # An element-wise step needs nothing of a DTensor but its local shard, so the compiled
         # step gets the shards. (Given DTensors, torch 2.13's AOTAutograd cache would key them by
@@ -637,8 +640,10 @@ def _fused_diffgrad(
         params, grads = [_local(p) for p in params], [_local(g) for g in grads]
         state = _Buffers(*(None if b is None else [_local(t) for t in b] for b in state))
     for indices in _by_device_and_dtype(params):
-        device = params[indices[0]].device
-        steps = [state_steps[i] for i in indices]
+        group_params, group_grads, group_state, group_norms, steps = _subset(
+            indices, params, grads, state, exp_grad_norms, state_steps
+        )
+        device = group_params[0].device
         device_found_inf = None if found_inf is None else found_inf.to(device, non_blocking=True)
         grad_factor: float | Tensor = -1.0 if maximize else 1.0
         if grad_scale is not None:
@@ -651,10 +656,10 @@ def _fused_diffgrad(
             [torch.as_tensor(x, dtype=torch.float64, device=device).expand(len(indices)) for x in scalars], dim=1
         )
         _compiled_fused_step()(
-            [params[i] for i in indices],
-            [grads[i] for i in indices],
-            _select(state, indices),
-            None if exp_grad_norms is None else [exp_grad_norms[i] for i in indices],
+            group_params,
+            group_grads,
+            group_state,
+            group_norms,
             steps,
             table,
             device_found_inf,
@@ -679,7 +684,7 @@ def _subset(
     return (
         [params[i] for i in indices],
         [grads[i] for i in indices],
-        _select(state, indices),
+        _Buffers(*(None if b is None else [b[i] for i in indices] for b in state)),
         None if exp_grad_norms is None else [exp_grad_norms[i] for i in indices],
         [state_steps[i] for i in indices],
     )
