@@ -218,7 +218,12 @@ def _apply_update_(
     if traced:
         denominator.mul_(xi)  # (sqrt(v) + ε_t)/ξ
     if not (modifiers.rectify or modifiers.cautious):
-        param.addcdiv_(exp_avg if traced else xi.mul_(exp_avg), denominator, value=-hp.step_size)
+        if traced:
+            # θ − s_t·(m/d): a division and a multiply-subtract (addcdiv's value −s_t would
+            # be negated in the loop).
+            param.sub_(exp_avg.div(denominator).mul_(hp.step_size))
+        else:
+            param.addcdiv_(xi.mul_(exp_avg), denominator, value=-hp.step_size)
         return
     # α·u = m·(ξ·s_t/(sqrt(v) + ε_t) + the rectified warm-up's α·w/(1 − β1^t)).
     update = (denominator.reciprocal_() if traced else xi.div_(denominator)).mul_(hp.step_size)
@@ -651,10 +656,12 @@ def _fused_diffgrad(
         device_lr = lr.to(device, torch.float64, non_blocking=True) if isinstance(lr, Tensor) else lr
         scalars = _coefficients(torch.stack(steps).to(torch.float64) + 1.0, hyper._replace(lr=device_lr), grad_factor)
         # One row of scalars per tensor, computed here (a few tiny kernels) rather than in the
-        # compiled graph, where Inductor would re-evaluate β^t inside every element loop.
+        # compiled graph, where Inductor would re-evaluate β^t inside every element loop; stored
+        # in the compute dtype, as the loop reads them (Inductor 2.13 reloads a scalar at every
+        # vector iteration: a broadcast load, not a load, a conversion and a broadcast).
         table = torch.stack(
             [torch.as_tensor(x, dtype=torch.float64, device=device).expand(len(indices)) for x in scalars], dim=1
-        )
+        ).to(compute_dtype(group_params[0]))
         _compiled_fused_step()(
             group_params,
             group_grads,
@@ -721,5 +728,11 @@ def _compiled_fused_step() -> Callable[..., None]:
     limits = {"recompile_limit": 64} if "recompile_limit" in inspect.signature(torch.compile).parameters else {}
     # Dynamo's guards already pin every input's size and stride; Inductor's own re-check of
     # them costs ~2 µs per tensor per step (five tensors per parameter).
-    options = {"size_asserts": False, "alignment_asserts": False}
+    options = {
+        "size_asserts": False,
+        "alignment_asserts": False,
+        # a·b + c as one fused multiply-add (one rounding, within the reference's round-off):
+        # Inductor's C++ default keeps them apart, which doubles the polynomial of 1/ξ.
+        "cpp.enable_floating_point_contract_flag": "fast",
+    }
     return torch.compile(_fused_step, dynamic=False, fullgraph=True, options=options, **limits)
