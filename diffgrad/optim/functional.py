@@ -39,7 +39,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -728,11 +728,13 @@ def _compiled_fused_step() -> Callable[..., None]:
     limits = {"recompile_limit": 64} if "recompile_limit" in inspect.signature(torch.compile).parameters else {}
     # Dynamo's guards already pin every input's size and stride; Inductor's own re-check of
     # them costs ~2 µs per tensor per step (five tensors per parameter).
-    options = {
-        "size_asserts": False,
-        "alignment_asserts": False,
-        # a·b + c as one fused multiply-add (one rounding, within the reference's round-off):
-        # Inductor's C++ default keeps them apart, which doubles the polynomial of 1/ξ.
-        "cpp.enable_floating_point_contract_flag": "fast",
-    }
+    options: dict[str, Any] = {"size_asserts": False, "alignment_asserts": False}
+    # a·b + c as one fused multiply-add (one rounding, within the reference's round-off):
+    # Inductor's C++ default keeps them apart (twice the instructions in 1/ξ's polynomial).
+    # The option is a mode string in recent torch and an on/off flag in older releases.
+    from torch._inductor import config as inductor_config  # on first use: Inductor loads lazily
+
+    contract = getattr(inductor_config.cpp, "enable_floating_point_contract_flag", None)
+    if contract is not None:
+        options["cpp.enable_floating_point_contract_flag"] = "fast" if isinstance(contract, str) else True
     return torch.compile(_fused_step, dynamic=False, fullgraph=True, options=options, **limits)
