@@ -117,9 +117,10 @@ def friction_(friction: Friction, delta: Tensor, grad: Tensor, *, inverse: bool 
 def one_plus_exp_neg(z: Tensor) -> Tensor:
     """1 + e^{−z} for z ≥ 0 (NaN stays NaN), to within about one unit in the last place.
 
-    On a CPU the fused step is bound by its arithmetic, and a library e^x (SLEEF's, within one
-    ulp of e^x itself) costs more there than the rest of the step's element-wise work. Next to
-    the 1, only e^{−z}'s absolute error matters, which allows a shorter evaluation:
+    On a CPU core the fused step's arithmetic costs as much as its memory traffic, and a library
+    e^x (SLEEF's, within one ulp of e^x itself) cost more than the rest of the step's
+    element-wise work (measured: docs/performance.md). Next to the 1, only e^{−z}'s absolute
+    error matters, which allows a shorter evaluation:
 
         e^{−z} = 2^{−n}·e^{−r},  n = round(z·log2 e),  r = z − n·ln 2 ∈ [−ln2/2, ln2/2],
 

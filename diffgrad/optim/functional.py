@@ -25,10 +25,11 @@ u) or from explicit arithmetic (``_Coefficients``: Python floats or 0-dim tensor
 * ``_fused_diffgrad`` traces :func:`_update_` with the explicit arithmetic over all tensors of a
   device into one ``torch.compile`` graph, so Inductor fuses each tensor's step into one pass:
   read p, g, m, v, g_{t−1}; write p, m, v, g_{t−1}. Step-dependent scalars (bias corrections,
-  lr, betas) enter as a tensor, so neither a scheduler nor the step count recompiles it. That
-  loop is bound by its arithmetic on a CPU core rather than by memory, so traced, the step takes
+  lr, betas) enter as a tensor, so neither a scheduler nor the step count recompiles it. On a
+  CPU core that loop's arithmetic costs as much as its memory traffic, so traced, the step takes
   the forms with the fewest operations per element: ξ enters as the divisor 1/ξ = 1 + e^{−z}
-  (one division instead of two; :func:`~diffgrad.optim.friction.one_plus_exp_neg`).
+  (one division instead of two; :func:`~diffgrad.optim.friction.one_plus_exp_neg`), which keep
+  it at the memory floor on large tensors (docs/performance.md).
 
 State buffers may be stored in another dtype or 8-bit (:mod:`diffgrad.optim.state`); every path
 converts them in :func:`~diffgrad.optim.state.load` / :func:`~diffgrad.optim.state.store` only.
@@ -259,8 +260,8 @@ def _update_(
     if decay and rule.decoupled_weight_decay:
         param.mul_(hp.decay)
     # ξ is computed in g_{t−1}'s storage, which then takes g_t: no temporary for Δg. Traced by
-    # torch.compile, the step becomes one loop whose arithmetic, not its memory traffic, bounds
-    # it on a CPU core, so it takes the forms with the fewest operations per element (ξ as the
+    # torch.compile, the step becomes one loop whose arithmetic, on a CPU core, costs as much as
+    # its memory traffic, so it takes the forms with the fewest operations per element (ξ as the
     # divisor 1/ξ: one division instead of two); eager, where each operation is a pass over
     # memory, the forms with the fewest passes. (A traced step never takes _KernelStep.)
     xi = friction_(rule.friction, buffers.previous_grad.sub_(g), g, inverse=traced)
