@@ -76,7 +76,7 @@ class _KernelStep(NamedTuple):
 
 class _Coefficients(NamedTuple):
     """One step's scalars for the explicit arithmetic: Python floats on the eager path, 0-dim
-    tensors (a row of a table built before the graph runs) in the compiled one."""
+    tensors (a row of a table that the graph builds first) in the compiled one."""
 
     decay: float | Tensor  # 1 − αλ
     beta1: float | Tensor
@@ -654,22 +654,20 @@ def _fused_diffgrad(
         grad_factor: float | Tensor = -1.0 if maximize else 1.0
         if grad_scale is not None:
             grad_factor = grad_factor / grad_scale.to(device, torch.float64, non_blocking=True)
-        device_lr = lr.to(device, torch.float64, non_blocking=True) if isinstance(lr, Tensor) else lr
-        scalars = _coefficients(torch.stack(steps).to(torch.float64) + 1.0, hyper._replace(lr=device_lr), grad_factor)
-        # One row of scalars per tensor, computed here (a few tiny kernels) rather than in the
-        # compiled graph, where Inductor would re-evaluate β^t inside every element loop; stored
-        # in the compute dtype, as the loop reads them (Inductor 2.13 reloads a scalar at every
-        # vector iteration: a broadcast load, not a load, a conversion and a broadcast).
-        table = torch.stack(
-            [torch.as_tensor(x, dtype=torch.float64, device=device).expand(len(indices)) for x in scalars], dim=1
-        ).to(compute_dtype(group_params[0]))
+        # β1, β2, ε (and a float lr) enter as one tensor, so that neither a scheduler that changes
+        # them (OneCycleLR cycles β1) nor the step count recompiles the graph.
+        floats = [hyper.beta1, hyper.beta2, hyper.eps] + ([] if isinstance(lr, Tensor) else [lr])
+        knobs = torch.tensor(floats, dtype=torch.float64).to(device, non_blocking=True)
+        device_lr = lr.to(device, torch.float64, non_blocking=True) if isinstance(lr, Tensor) else None
         _compiled_fused_step()(
             group_params,
             group_grads,
             group_state,
             group_norms,
             steps,
-            table,
+            knobs,
+            device_lr,
+            grad_factor,
             device_found_inf,
             rule,
         )
@@ -704,13 +702,38 @@ def _fused_step(
     state: _Buffers,
     exp_grad_norms: list[Tensor] | None,
     steps: list[Tensor],
-    table: Tensor,
+    knobs: Tensor,
+    lr: Tensor | None,
+    grad_factor: float | Tensor,
     found_inf: Tensor | None,
     rule: _Rule,
 ) -> None:
-    """The traced body of the fused step: :func:`_step_slice_` on every whole tensor, with the
-    scalars of step t in ``table`` and the counters t − 1 in ``steps`` (incremented here, in the
-    graph, rather than by one small kernel per tensor before it)."""
+    """The traced body of the fused step: :func:`_step_slice_` on every whole tensor.
+
+    ``knobs`` holds β1, β2, ε and, unless ``lr`` is given, the float lr; ``steps`` the counters
+    t − 1, incremented here, in the graph, rather than by one small kernel per tensor before it.
+    """
+    hyper = _Hyper(
+        lr=knobs[3] if lr is None else lr,
+        beta1=knobs[0],
+        beta2=knobs[1],
+        eps=knobs[2],
+        weight_decay=rule.weight_decay,
+        decoupled_weight_decay=rule.decoupled_weight_decay,
+        maximize=False,  # in grad_factor
+        friction=rule.friction,
+        modifiers=rule.modifiers,
+    )
+    scalars = _coefficients(torch.stack(steps).to(torch.float64) + 1.0, hyper, grad_factor)
+    # One row of Eq. 13/20's scalars per tensor, in a buffer of its own that every element loop
+    # reads (inlined, β^t would be re-evaluated at every vector iteration), in the compute dtype
+    # (Inductor 2.13 reloads a scalar at every vector iteration: a broadcast load, not a load, a
+    # conversion and a broadcast).
+    dtype = compute_dtype(params[0])
+    table = torch.stack(
+        [torch.as_tensor(x, dtype=torch.float64, device=knobs.device).expand(len(params)).to(dtype) for x in scalars],
+        dim=1,
+    )
     keep = None if found_inf is None else found_inf != 0
     for step in steps:
         step.add_(1.0 if keep is None else (~keep).to(step.dtype))
