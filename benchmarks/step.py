@@ -6,7 +6,8 @@
 Needs the ``bench`` extra (``pip install diffgrad[bench]``: pytorch_optimizer, torch-optimizer);
 anchors that are not installed are skipped. Everything runs in one process, and the timed steps
 of all candidates are interleaved round by round, so that on a shared machine every candidate
-sees the same background load and the ratios are comparable even when the absolute times drift.
+sees the same background load and the ratios are comparable even when the absolute times drift;
+each round starts one row later than the one before, so no row always follows the same other.
 
 Cases: ``resnet50`` is the parameter list of the CIFAR-form ResNet-50 of the paper (kuangliu's
 layout: 3×3 stem, bottleneck stages [3, 4, 6, 3], 10-way linear head): 161 tensors, 23.5 M
@@ -227,10 +228,13 @@ def run_case(
         results[row].peak_extra = peak_extra_bytes(opt.step, device)
     for opt in optimizers.values():
         opt.step()  # later rows' torch._dynamo.reset() dropped earlier rows' compiled code: rebuild it
+    names = list(optimizers)
     for r in range(rounds):
         print(f"  round {r + 1}/{rounds}", file=sys.stderr, flush=True)
-        for row, opt in optimizers.items():
-            results[row].rounds.append([_timed(opt.step, device) for _ in range(steps)])
+        # A step's time depends on the step before it (what that one left in the caches, the
+        # pages it freed): each round starts one row later, so every row follows the others in turn.
+        for row in names[r % len(names) :] + names[: r % len(names)]:
+            results[row].rounds.append([_timed(optimizers[row].step, device) for _ in range(steps)])
     copy = device_copy_seconds(9 * numel * 4, device, repeats=rounds * steps)
     del optimizers, params
     gc.collect()
