@@ -24,12 +24,13 @@ u) or from explicit arithmetic (``_Coefficients``: Python floats or 0-dim tensor
   default the small CPU tensors and every tensor on other devices).
 * ``_fused_diffgrad`` traces :func:`_update_` with the explicit arithmetic over all tensors of a
   device into one ``torch.compile`` graph, so Inductor fuses each tensor's step into one pass:
-  read p, g, m, v, g_{t−1}; write p, m, v, g_{t−1}. Step-dependent scalars (bias corrections,
-  lr, betas) enter as a tensor, so neither a scheduler nor the step count recompiles it. On a
-  CPU core that loop's arithmetic costs as much as its memory traffic, so traced, the step takes
-  the forms with the fewest operations per element: ξ enters as the divisor 1/ξ = 1 + e^{−z}
-  (one division instead of two; :func:`~diffgrad.optim.friction.one_plus_exp_neg`), which keep
-  it at the memory floor on large tensors (docs/performance.md).
+  read p, g, m, v, g_{t−1}; write p, m, v, g_{t−1}. lr, β1, β2 and ε enter as a tensor and the
+  graph derives the bias corrections from the step counters, so neither a scheduler nor the step
+  count recompiles it. On a CPU core that loop's arithmetic costs as much as its memory traffic,
+  so traced, the step takes the forms with the fewest operations per element: ξ enters as the
+  divisor 1/ξ = 1 + e^{−z} (one division instead of two;
+  :func:`~diffgrad.optim.friction.one_plus_exp_neg`), which keep it at the memory floor on large
+  tensors (docs/performance.md).
 
 State buffers may be stored in another dtype or 8-bit (:mod:`diffgrad.optim.state`); every path
 converts them in :func:`~diffgrad.optim.state.load` / :func:`~diffgrad.optim.state.store` only.
@@ -657,7 +658,7 @@ def _fused_diffgrad(
         # β1, β2, ε (and a float lr) enter as one tensor, so that neither a scheduler that changes
         # them (OneCycleLR cycles β1) nor the step count recompiles the graph.
         floats = [hyper.beta1, hyper.beta2, hyper.eps] + ([] if isinstance(lr, Tensor) else [lr])
-        knobs = torch.tensor(floats, dtype=torch.float64).to(device, non_blocking=True)
+        hyper_values = torch.tensor(floats, dtype=torch.float64).to(device, non_blocking=True)
         device_lr = lr.to(device, torch.float64, non_blocking=True) if isinstance(lr, Tensor) else None
         _compiled_fused_step()(
             group_params,
@@ -665,7 +666,7 @@ def _fused_diffgrad(
             group_state,
             group_norms,
             steps,
-            knobs,
+            hyper_values,
             device_lr,
             grad_factor,
             device_found_inf,
@@ -702,7 +703,7 @@ def _fused_step(
     state: _Buffers,
     exp_grad_norms: list[Tensor] | None,
     steps: list[Tensor],
-    knobs: Tensor,
+    hyper_values: Tensor,
     lr: Tensor | None,
     grad_factor: float | Tensor,
     found_inf: Tensor | None,
@@ -710,14 +711,15 @@ def _fused_step(
 ) -> None:
     """The traced body of the fused step: :func:`_step_slice_` on every whole tensor.
 
-    ``knobs`` holds β1, β2, ε and, unless ``lr`` is given, the float lr; ``steps`` the counters
-    t − 1, incremented here, in the graph, rather than by one small kernel per tensor before it.
+    ``hyper_values`` holds β1, β2, ε and, unless ``lr`` is given, the float lr; ``steps`` the
+    counters t − 1, incremented here, in the graph, rather than by one small kernel per tensor
+    before it.
     """
     hyper = _Hyper(
-        lr=knobs[3] if lr is None else lr,
-        beta1=knobs[0],
-        beta2=knobs[1],
-        eps=knobs[2],
+        lr=hyper_values[3] if lr is None else lr,
+        beta1=hyper_values[0],
+        beta2=hyper_values[1],
+        eps=hyper_values[2],
         weight_decay=rule.weight_decay,
         decoupled_weight_decay=rule.decoupled_weight_decay,
         maximize=False,  # in grad_factor
@@ -725,14 +727,14 @@ def _fused_step(
         modifiers=rule.modifiers,
     )
     scalars = _coefficients(torch.stack(steps).to(torch.float64) + 1.0, hyper, grad_factor)
-    # One row of Eq. 13/20's scalars per tensor, in a buffer of its own that every element loop
-    # reads (inlined, β^t would be re-evaluated at every vector iteration), in the compute dtype
-    # (Inductor 2.13 reloads a scalar at every vector iteration: a broadcast load, not a load, a
-    # conversion and a broadcast).
-    dtype = compute_dtype(params[0])
+    # One row of Eq. 13/20's scalars per tensor. Inductor 2.13 keeps the stacked table in a buffer
+    # of its own, built by one small loop, which the element loops read (inlined, β^t would be
+    # re-evaluated at every vector iteration; checked in the generated code). It is stored in the
+    # compute dtype, as Inductor reloads a scalar at every vector iteration: a broadcast load,
+    # not a load, a conversion and a broadcast.
+    dtype, device = compute_dtype(params[0]), hyper_values.device
     table = torch.stack(
-        [torch.as_tensor(x, dtype=torch.float64, device=knobs.device).expand(len(params)).to(dtype) for x in scalars],
-        dim=1,
+        [torch.as_tensor(x, dtype=torch.float64, device=device).expand(len(params)).to(dtype) for x in scalars], dim=1
     )
     keep = None if found_inf is None else found_inf != 0
     for step in steps:
