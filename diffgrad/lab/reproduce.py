@@ -151,6 +151,81 @@ class Claim:
     evidence: str
 
 
+def _every(verdicts: Sequence[str]) -> str:
+    """The verdict on a claim that must hold in every case (e.g. at every batch size)."""
+    if "did not hold" in verdicts:
+        return "did not hold"
+    return "held" if all(v == "held" for v in verdicts) else "inconclusive"
+
+
+def _some(verdicts: Sequence[str]) -> str:
+    """The verdict on a claim that must hold in at least one case."""
+    if "held" in verdicts:
+        return "held"
+    return "did not hold" if all(v == "did not hold" for v in verdicts) else "inconclusive"
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """Scores to compare, each a mean and 95 % CI over seeds: the optimizers on one workload of a tuned
+    comparison, or the entries of a paper-protocol table at one batch size."""
+
+    workload: str
+    scores: dict[str, MeanCI]
+    higher_is_better: bool
+
+    @classmethod
+    def of(cls, problem: Problem) -> Ranking:
+        scores = {c.optimizer: mean_ci([r.test_metric for r in c.final]) for c in problem.finished}
+        return cls(problem.workload, scores, problem.info is None or problem.info.higher_is_better)
+
+    @property
+    def ranked(self) -> list[str]:
+        """The optimizers, best mean first; those without a finite score last."""
+        sign = 1 if self.higher_is_better else -1
+        return sorted(self.scores, key=lambda o: (math.isnan(self.scores[o].mean), -sign * self.scores[o].mean))
+
+    def rank(self, optimizer: str) -> int:
+        return self.ranked.index(optimizer) + 1
+
+    def lead(self, a: str, b: str) -> float:
+        """How far ``a``'s mean is ahead of ``b``'s in the metric's better direction (negative: behind)."""
+        gap = self.scores[a].mean - self.scores[b].mean
+        return gap if self.higher_is_better else -gap
+
+    def versus(self, a: str, b: str) -> str:
+        """A key of :data:`OUTCOME_VERDICTS`: better or worse only when the two 95 % CIs are apart."""
+        if min(self.scores[a].n, self.scores[b].n) < 2:
+            return "no CI"
+        if abs(self.lead(a, b)) <= self.scores[a].half_width + self.scores[b].half_width:
+            return "CIs overlap"
+        return "better" if self.lead(a, b) > 0 else "worse"
+
+    def best_verdict(self, optimizer: str) -> str:
+        """The verdict on "``optimizer`` is the best": held when it is better than every other, did not
+        hold when another is better than it (see :meth:`versus`)."""
+        outcomes = [self.versus(optimizer, other) for other in self.scores if other != optimizer]
+        if "worse" in outcomes:
+            return "did not hold"
+        return "held" if all(o == "better" for o in outcomes) else "inconclusive"
+
+
+# Outcome of one optimizer against another, and the verdict it gives the claim that the first is better.
+OUTCOME_VERDICTS = {"better": "held", "worse": "did not hold", "CIs overlap": "inconclusive", "no CI": "inconclusive"}
+CI_RULE = "95 % CIs; held or did not hold only when they are apart"
+
+
+def _standing(ranking: Ranking, optimizer: str) -> str:
+    """``optimizer``'s score and rank, and the best other one's (the runner-up when it leads)."""
+    others = [o for o in ranking.ranked if o != optimizer]
+    rival = others[0] if others else None
+    label = "runner-up" if ranking.rank(optimizer) == 1 else "best"
+    return (f"{optimizer} {fmt_ci(ranking.scores[optimizer])} (rank {ranking.rank(optimizer)} of "
+            f"{len(ranking.scores)})" + (f"; {label} {rival} {fmt_ci(ranking.scores[rival])}" if rival else ""))
+
+
+
+
 def reproduce(
     *,
     quick: bool = False,
@@ -449,17 +524,15 @@ def table1_section(
 
 def _table1_claims(ds: PaperDataset, cells: dict[tuple[str, int], MeanCI]) -> list[Claim]:
     where = f"{ds.workload}" + (f" (stand-in for {DATASET_NAMES[ds.paper]})" if ds.standin else "")
-    best = []
-    for bs in BATCH_SIZES:
-        ranked = sorted(TABLE1_OPTIMIZERS, key=lambda o: -_mean(cells[(o, bs)]))
-        best.append(f"batch {bs}: {ranked[0]} {_mean(cells[(ranked[0], bs)]):.2f}, diffgrad "
-                    f"{_mean(cells[('diffgrad', bs)]):.2f} (rank {ranked.index('diffgrad') + 1} of {len(ranked)})")
-    wins = sum(_mean(cells[("diffgrad", bs)]) >= max(_mean(cells[(o, bs)]) for o in TABLE1_OPTIMIZERS) for bs in BATCH_SIZES)
+    rankings = {bs: _batch_ranking(ds, cells, TABLE1_OPTIMIZERS, bs) for bs in BATCH_SIZES}
+    verdicts = {bs: r.best_verdict("diffgrad") for bs, r in rankings.items()}
     gaps = [_mean(cells[("diffgrad", bs)]) - _mean(cells[("diffgrad-published", bs)]) for bs in BATCH_SIZES]
     twins = [abs(_mean(cells[("diffgrad-published", bs)]) - _mean(cells[("adam-half-lr", bs)])) for bs in BATCH_SIZES]
     return [
         Claim(f"Table I on {where}: diffGrad has the best accuracy at every batch size",
-              "held" if wins == len(BATCH_SIZES) else "did not hold", "; ".join(best)),
+              _every(list(verdicts.values())),
+              "; ".join(f"batch {bs}: {_standing(r, 'diffgrad')}: {verdicts[bs]}" for bs, r in rankings.items())
+              + f" ({CI_RULE})"),
         Claim(f"Published-code effect on {where}: correct diffGrad minus the published code's behaviour",
               "measured", "accuracy gap (points) at batch 32/64/128: " + " / ".join(f"{g:+.2f}" for g in gaps)
               + "; published code vs Adam at lr/2: " + " / ".join(f"{t:.2f}" for t in twins) + " apart"),
@@ -474,80 +547,71 @@ def variants_section(records: Sequence[RunRecord], datasets: Sequence[PaperDatas
     """Table II (friction variants) and Table III (activations) under the Table I protocol."""
     parts, claims = [], []
     for ds in datasets:
-        rows, means = [], {}
+        rows, cells = [], {}
         for opt in ("diffgrad",) + FRICTION_OPTIMIZERS:
             row = [opt]
             for bs in BATCH_SIZES:
                 ci, _ = _scores(records, ds, opt, f"paper-bs{bs}")
-                means[(opt, bs)] = _mean(ci)
+                cells[(opt, bs)] = ci
                 best = PAPER_TABLE2_BEST.get((ds.paper, bs))
                 row.append(_fmt(ci) + (f" (paper's best: {best[1]:.2f})" if best and best[0] == opt else ""))
             rows.append(row)
         parts.append(f"**Table II, {_dataset_caption(ds)}** — test accuracy (%); the paper reports only each "
                      "column's best variant, shown in brackets where it is.\n\n"
                      + format_table(["friction", *(f"batch {b}" for b in BATCH_SIZES)], rows))
-        beats = sum(max(means[(v, bs)] for v in FRICTION_OPTIMIZERS) > means[("diffgrad", bs)] for bs in BATCH_SIZES)
-        claims.append(Claim(
-            f"Table II on {ds.workload}: some friction variant beats the default DFC at each batch size",
-            "held" if beats == len(BATCH_SIZES) else "did not hold",
-            f"a variant beat DFC at {beats} of {len(BATCH_SIZES)} batch sizes",
-        ))
+        claims.append(_table2_claim(ds, cells))
         if ds.paper != "cifar10":
             continue
-        rows, act_means = [], {}
+        rows, cells = [], {}
         for act in ACTIVATIONS:
             row = [act]
             for i, bs in enumerate(BATCH_SIZES):
                 tag = f"paper-bs{bs}" + ("" if act == "relu" else f"-{act}")
                 ci, _ = _scores(records, ds, "diffgrad", tag)
-                act_means[(act, bs)] = _mean(ci)
+                cells[(act, bs)] = ci
                 row.append(f"{_fmt(ci)} ({PAPER_TABLE3[act][i]:.2f})")
             rows.append(row)
         parts.append(f"**Table III, {_dataset_caption(ds)}** — diffGrad's test accuracy (%) per activation; "
                      "the paper's CIFAR-10 value in brackets.\n\n"
                      + format_table(["activation", *(f"batch {b}" for b in BATCH_SIZES)], rows))
-        lrelu = sum(act_means[("leaky_relu", bs)] > act_means[("relu", bs)] for bs in BATCH_SIZES)
-        claims.append(Claim(
-            f"Table III on {ds.workload}: LeakyReLU(0.1) beats ReLU with diffGrad",
-            "held" if lrelu == len(BATCH_SIZES) else "did not hold",
-            f"LeakyReLU ahead at {lrelu} of {len(BATCH_SIZES)} batch sizes",
-        ))
+        claims.append(_table3_claim(ds, cells))
     return [Section("4. Friction variants (Table II) and activations (Table III)", "\n\n".join(parts))], claims
 
 
+def _table2_claim(ds: PaperDataset, cells: dict[tuple[str, int], MeanCI]) -> Claim:
+    """At each batch size, some friction variant better than the default DFC (Eq. 19)."""
+    evidence, verdicts = [], []
+    for bs in BATCH_SIZES:
+        r = _batch_ranking(ds, cells, ("diffgrad",) + FRICTION_OPTIMIZERS, bs)
+        verdicts.append(_some([OUTCOME_VERDICTS[r.versus(v, "diffgrad")] for v in FRICTION_OPTIMIZERS]))
+        lead = next(o for o in r.ranked if o != "diffgrad")
+        evidence.append(f"batch {bs}: best variant {lead} {fmt_ci(r.scores[lead])}, DFC "
+                        f"{fmt_ci(r.scores['diffgrad'])}: {verdicts[-1]}")
+    return Claim(f"Table II on {ds.workload}: some friction variant beats the default DFC at each batch size",
+                 _every(verdicts), "; ".join(evidence) + f" ({CI_RULE})")
+
+
+def _table3_claim(ds: PaperDataset, cells: dict[tuple[str, int], MeanCI]) -> Claim:
+    """At each batch size, diffGrad with LeakyReLU(0.1) better than with ReLU."""
+    evidence, verdicts = [], []
+    for bs in BATCH_SIZES:
+        r = _batch_ranking(ds, cells, ACTIVATIONS, bs)
+        outcome = r.versus("leaky_relu", "relu")
+        verdicts.append(OUTCOME_VERDICTS[outcome])
+        evidence.append(f"batch {bs}: leaky_relu {fmt_ci(r.scores['leaky_relu'])}, relu "
+                        f"{fmt_ci(r.scores['relu'])}: {outcome}")
+    return Claim(f"Table III on {ds.workload}: LeakyReLU(0.1) beats ReLU with diffGrad",
+                 _every(verdicts), "; ".join(evidence) + f" ({CI_RULE})")
+
+
+def _batch_ranking(
+    ds: PaperDataset, cells: dict[tuple[str, int], MeanCI], names: Sequence[str], batch_size: int
+) -> Ranking:
+    """The test accuracies of ``names`` at one batch size of a paper-protocol table."""
+    return Ranking(f"{ds.workload} batch {batch_size}", {n: cells[(n, batch_size)] for n in names}, True)
+
+
 # ---------------------------------------------------------------------------- tuned comparisons
-
-
-@dataclass(frozen=True)
-class Ranking:
-    """One workload of a tuned comparison: each optimizer's test metric over its final seeds, best first."""
-
-    workload: str
-    scores: dict[str, MeanCI]
-    higher_is_better: bool
-
-    @classmethod
-    def of(cls, problem: Problem) -> Ranking:
-        scores = {c.optimizer: mean_ci([r.test_metric for r in c.final]) for c in problem.finished}
-        return cls(problem.workload, scores, problem.info is None or problem.info.higher_is_better)
-
-    @property
-    def ranked(self) -> list[str]:
-        """The optimizers, best mean first; those without a finite score last."""
-        sign = 1 if self.higher_is_better else -1
-        return sorted(self.scores, key=lambda o: (math.isnan(self.scores[o].mean), -sign * self.scores[o].mean))
-
-    def rank(self, optimizer: str) -> int:
-        return self.ranked.index(optimizer) + 1
-
-    def lead(self, a: str, b: str) -> float:
-        """How far ``a``'s mean is ahead of ``b``'s in the metric's better direction (negative: behind)."""
-        gap = self.scores[a].mean - self.scores[b].mean
-        return gap if self.higher_is_better else -gap
-
-    def apart(self, a: str, b: str) -> bool:
-        """Whether the 95 % CIs of ``a`` and ``b`` are disjoint; False when either has none (under 2 seeds)."""
-        return abs(self.lead(a, b)) > self.scores[a].half_width + self.scores[b].half_width
 
 
 def _tuned_comparison(url: str, tag: str, plot_dir: Path) -> tuple[list[Ranking], list[Section]]:
@@ -572,44 +636,25 @@ def fair_section(url: str, plot_dir: Path) -> tuple[list[Section], list[Claim]]:
 
 
 def _fair_claim(ranking: Ranking) -> Claim:
-    best = ranking.ranked[0]
-    d, b = ranking.scores["diffgrad"], ranking.scores[best]
-    verdict = "held" if best == "diffgrad" else ("did not hold" if ranking.apart(best, "diffgrad") else "inconclusive")
     return Claim(
         f"Tuned, {ranking.workload}: diffGrad is the best tuned optimizer",
-        verdict,
-        f"diffgrad {fmt_ci(d)} (rank {ranking.rank('diffgrad')} of {len(ranking.scores)}); best {best} {fmt_ci(b)} "
-        "(95 % CIs; inconclusive when they overlap or a CI is missing)",
+        ranking.best_verdict("diffgrad"),
+        f"{_standing(ranking, 'diffgrad')} ({CI_RULE})",
     )
 
 
-# Outcome of a family member against plain diffGrad, and the verdict it gives the claim that it is better.
-FAMILY_VERDICTS = {"better": "held", "worse": "did not hold", "CIs overlap": "inconclusive",
-                   "no CI": "inconclusive"}
-
-
-def _versus_diffgrad(ranking: Ranking, optimizer: str) -> str:
-    """A key of :data:`FAMILY_VERDICTS`: better or worse only when the two 95 % CIs are apart."""
-    if min(ranking.scores[optimizer].n, ranking.scores["diffgrad"].n) < 2:
-        return "no CI"
-    if not ranking.apart(optimizer, "diffgrad"):
-        return "CIs overlap"
-    return "better" if ranking.lead(optimizer, "diffgrad") > 0 else "worse"
-
-
 def _family_claims(ranking: Ranking) -> list[Claim]:
-    claims = []
-    d = ranking.scores["diffgrad"]
-    for member in (m for m in FAMILY_OPTIMIZERS if m in ranking.scores):
-        outcome = _versus_diffgrad(ranking, member)
-        claims.append(Claim(
+    return [
+        Claim(
             f"Tuned, {ranking.workload}: {member} beats plain diffGrad",
-            FAMILY_VERDICTS[outcome],
+            OUTCOME_VERDICTS[ranking.versus(member, "diffgrad")],
             f"{member} {fmt_ci(ranking.scores[member])} (rank {ranking.rank(member)} of {len(ranking.scores)}), "
-            f"diffgrad {fmt_ci(d)} (rank {ranking.rank('diffgrad')}): {outcome} (95 % CIs; held or did not hold "
-            "only when they are apart)",
-        ))
-    return claims
+            f"diffgrad {fmt_ci(ranking.scores['diffgrad'])} (rank {ranking.rank('diffgrad')}): "
+            f"{ranking.versus(member, 'diffgrad')} ({CI_RULE})",
+        )
+        for member in FAMILY_OPTIMIZERS
+        if member in ranking.scores
+    ]
 
 
 def family_section(url: str, plot_dir: Path) -> tuple[list[Section], list[Claim]]:
@@ -625,7 +670,7 @@ def family_section(url: str, plot_dir: Path) -> tuple[list[Section], list[Claim]
             ci, lead = r.scores[opt], r.lead(opt, "diffgrad")
             shown = f"{lead:+.3g}" if math.isfinite(lead) else "n/a"
             rows.append([r.workload, opt, r.rank(opt), ci.n, fmt_ci(ci),
-                         "" if opt == "diffgrad" else f"{shown} ({_versus_diffgrad(r, opt)})"])
+                         "" if opt == "diffgrad" else f"{shown} ({r.versus(opt, 'diffgrad')})"])
     members = "\n".join(
         f"- `{m}` (`{', '.join(f'{k}={v}' for k, v in get_optimizer_spec(m).defaults.items())}`): "
         f"{get_optimizer_spec(m).description}"

@@ -45,9 +45,12 @@ def test_tiny_reproduce_has_every_section_and_resumes(tmp_path: Path, monkeypatc
     assert len(images) >= 10 and all((tmp_path / image).is_file() for image in images)
     assert (tmp_path / "report.html").read_text().count("<img") == len(images)
     assert (tmp_path / "plots" / "family" / "performance_profile.png").is_file()
-    # With one seed there is no CI: no family claim can hold or fail.
+    # With one seed there is no CI: no claim about the paper tables or the family can hold or fail.
     for member in rp.FAMILY_OPTIMIZERS:
         assert f"| Tuned, digits-cnn: {member} beats plain diffGrad | **inconclusive** |" in text, member
+    for table in ("Table I on digits-cnn (stand-in for CIFAR-10)", "Table II on digits-cnn", "Table III on digits-cnn"):
+        (row,) = [line for line in text.splitlines() if line.startswith(f"| {table}: ")]
+        assert "| **inconclusive** |" in row, row
     # 14 Table I/II optimizers and 3 more activations, at 3 batch sizes; 2 optimizers x 2 runs tuned;
     # diffgrad, adam and 5 family members x 2 runs tuned.
     runs = (14 + 3) * 3 + 2 * 2 + 7 * 2
@@ -58,23 +61,64 @@ def test_tiny_reproduce_has_every_section_and_resumes(tmp_path: Path, monkeypatc
     assert report.read_text() == text
 
 
-def _cells(diffgrad: float, others: float, published: float) -> dict:
+def _cells(diffgrad: float, others: float, published: float, half_width: float = 0.5, n: int = 3) -> dict:
     cells = {}
     for bs in rp.BATCH_SIZES:
         for opt in rp.TABLE1_OPTIMIZERS:
-            cells[(opt, bs)] = MeanCI(diffgrad if opt == "diffgrad" else others, 0.0, 1)
-        cells[("diffgrad-published", bs)] = MeanCI(published, 0.0, 1)
-        cells[("adam-half-lr", bs)] = MeanCI(published, 0.0, 1)
+            cells[(opt, bs)] = MeanCI(diffgrad if opt == "diffgrad" else others, half_width, n)
+        cells[("diffgrad-published", bs)] = MeanCI(published, half_width, n)
+        cells[("adam-half-lr", bs)] = MeanCI(published, half_width, n)
     return cells
 
 
 def test_table1_verdict_follows_the_numbers() -> None:
     ds = rp.PaperDataset("cifar10", "digits-cnn", {}, True)
     held, effect = rp._table1_claims(ds, _cells(diffgrad=95.0, others=90.0, published=93.0))
-    assert held.verdict == "held"
+    assert held.verdict == "held" and "batch 32: diffgrad 95 ± 0.5 (rank 1 of 7); runner-up" in held.evidence
     assert "+2.00 / +2.00 / +2.00" in effect.evidence and "0.00 / 0.00 / 0.00 apart" in effect.evidence
-    (lost, _) = rp._table1_claims(ds, _cells(diffgrad=89.0, others=90.0, published=93.0))
+    (lost, _) = rp._table1_claims(ds, _cells(diffgrad=89.0, others=90.0, published=93.0, half_width=0.1))
     assert lost.verdict == "did not hold"
+    # Ahead by the mean alone settles nothing: overlapping CIs, or one seed (no CI).
+    (close, _) = rp._table1_claims(ds, _cells(diffgrad=95.0, others=94.5, published=93.0))
+    assert close.verdict == "inconclusive"
+    (single, _) = rp._table1_claims(ds, _cells(diffgrad=95.0, others=90.0, published=93.0, n=1))
+    assert single.verdict == "inconclusive" and "(n=1)" in single.evidence
+
+
+def _table_cells(names: tuple[str, ...], per_batch: list[dict[str, tuple[float, float]]]) -> dict:
+    """MeanCI cells (3 seeds) for ``names`` at each batch size, from (mean, half-width) per batch size."""
+    return {(name, bs): MeanCI(*scores[name], 3) for bs, scores in zip(rp.BATCH_SIZES, per_batch) for name in names}
+
+
+def test_table2_verdict_needs_a_variant_apart_at_every_batch_size() -> None:
+    ds = rp.PaperDataset("cifar10", "digits-cnn", {}, True)
+    names = ("diffgrad",) + rp.FRICTION_OPTIMIZERS
+
+    def claim(dfc1_per_batch: list[float]) -> rp.Claim:
+        per_batch = [{n: (90.0, 0.2) for n in names} | {"diffgrad-dfc1": (m, 0.2)} for m in dfc1_per_batch]
+        return rp._table2_claim(ds, _table_cells(names, per_batch))
+
+    assert claim([91.0, 91.0, 91.0]).verdict == "held"
+    assert claim([91.0, 91.0, 90.1]).verdict == "inconclusive"  # one batch size within the CIs
+    # Every variant below DFC at one batch size: DFC2–5 tie with DFC there, so only all-below refutes.
+    per_batch = [{n: (90.0, 0.2) for n in names} | {"diffgrad-dfc1": (91.0, 0.2)} for _ in rp.BATCH_SIZES]
+    per_batch[1] = {n: (89.0, 0.2) for n in names} | {"diffgrad": (90.0, 0.2)}
+    lost = rp._table2_claim(ds, _table_cells(names, per_batch))
+    assert lost.verdict == "did not hold" and "batch 64: best variant" in lost.evidence
+
+
+def test_table3_verdict_follows_the_numbers() -> None:
+    ds = rp.PaperDataset("cifar10", "digits-cnn", {}, True)
+
+    def claim(leaky: float, relu: float, half_width: float) -> rp.Claim:
+        scores = {a: (85.0, half_width) for a in rp.ACTIVATIONS} | {"leaky_relu": (leaky, half_width),
+                                                                   "relu": (relu, half_width)}
+        return rp._table3_claim(ds, _table_cells(rp.ACTIVATIONS, [scores] * len(rp.BATCH_SIZES)))
+
+    assert claim(94.0, 93.0, 0.1).verdict == "held"
+    assert claim(93.0, 94.0, 0.1).verdict == "did not hold"
+    close = claim(94.0, 93.9, 0.1)
+    assert close.verdict == "inconclusive" and "CIs overlap" in close.evidence
 
 
 def _ranking(scores: dict[str, tuple[float, float]], n: int = 3, higher_is_better: bool = True) -> rp.Ranking:
@@ -102,10 +146,13 @@ def test_family_verdicts_follow_the_numbers() -> None:
 
 
 def test_fair_verdict_is_three_way() -> None:
-    assert rp._fair_claim(_ranking({"diffgrad": (0.9, 0.05), "adam": (0.8, 0.05)})).verdict == "held"
+    assert rp._fair_claim(_ranking({"diffgrad": (0.9, 0.04), "adam": (0.8, 0.05)})).verdict == "held"
     assert rp._fair_claim(_ranking({"diffgrad": (0.85, 0.05), "adam": (0.9, 0.05)})).verdict == "inconclusive"
     lost = rp._fair_claim(_ranking({"diffgrad": (0.5, 0.05), "sgdm": (0.6, 0.01), "adam": (0.9, 0.05)}))
     assert lost.verdict == "did not hold" and "(rank 3 of 3); best adam 0.9 ± 0.05" in lost.evidence
+    # The best mean is not enough: it must be apart from every other optimizer's CI.
+    ahead = rp._fair_claim(_ranking({"diffgrad": (0.985, 0.15), "sgdm": (0.97, 0.06), "adam": (0.5, 0.01)}))
+    assert ahead.verdict == "inconclusive" and "(rank 1 of 3); runner-up sgdm 0.97 ± 0.06" in ahead.evidence
 
 
 def test_regret_slope_reads_the_rate() -> None:
