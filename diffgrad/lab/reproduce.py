@@ -224,8 +224,6 @@ def _standing(ranking: Ranking, optimizer: str) -> str:
             f"{len(ranking.scores)})" + (f"; {label} {rival} {fmt_ci(ranking.scores[rival])}" if rival else ""))
 
 
-
-
 def reproduce(
     *,
     quick: bool = False,
