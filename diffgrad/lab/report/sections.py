@@ -246,7 +246,8 @@ def overview_sections(results: Results, storage_url: str | None = None) -> list[
         "- **Final metric**: mean over the seeds of the *final* phase (the chosen setting re-run with "
         "fresh seeds) with a 95 % Student-t confidence interval, on the test split, or on validation where "
         "a study stored no test score (column *split*). Non-finite values are left out; *diverged* counts "
-        "the runs the runner flagged.",
+        "the runs the runner flagged. The best mean is in bold; it is better than another only where "
+        "the two CIs are apart.",
         "- **Steps to target**: the runner's first evaluation whose validation metric met the workload's "
         "target; median over all seeds, a seed that never reached counting as infinitely slow, so a median "
         "exists only when more than half of the seeds reached.",
