@@ -197,9 +197,10 @@ class Ranking:
         """A key of :data:`OUTCOME_VERDICTS`: better or worse only when the two 95 % CIs are apart."""
         if min(self.scores[a].n, self.scores[b].n) < 2:
             return "no CI"
-        if abs(self.lead(a, b)) <= self.scores[a].half_width + self.scores[b].half_width:
+        lead = self.lead(a, b)
+        if abs(lead) <= self.scores[a].half_width + self.scores[b].half_width:
             return "CIs overlap"
-        return "better" if self.lead(a, b) > 0 else "worse"
+        return "better" if lead > 0 else "worse"
 
     def best_verdict(self, optimizer: str) -> str:
         """The verdict on "``optimizer`` is the best": held when it is better than every other, did not
@@ -217,11 +218,13 @@ CI_RULE = "95 % CIs; held or did not hold only when they are apart"
 
 def _standing(ranking: Ranking, optimizer: str) -> str:
     """``optimizer``'s score and rank, and the best other one's (the runner-up when it leads)."""
-    others = [o for o in ranking.ranked if o != optimizer]
-    rival = others[0] if others else None
-    label = "runner-up" if ranking.rank(optimizer) == 1 else "best"
-    return (f"{optimizer} {fmt_ci(ranking.scores[optimizer])} (rank {ranking.rank(optimizer)} of "
-            f"{len(ranking.scores)})" + (f"; {label} {rival} {fmt_ci(ranking.scores[rival])}" if rival else ""))
+    ranked = ranking.ranked
+    rank = ranked.index(optimizer) + 1
+    text = f"{optimizer} {fmt_ci(ranking.scores[optimizer])} (rank {rank} of {len(ranked)})"
+    if len(ranked) < 2:
+        return text
+    rival = ranked[1] if rank == 1 else ranked[0]
+    return f"{text}; {'runner-up' if rank == 1 else 'best'} {rival} {fmt_ci(ranking.scores[rival])}"
 
 
 def reproduce(
@@ -642,17 +645,16 @@ def _fair_claim(ranking: Ranking) -> Claim:
 
 
 def _family_claims(ranking: Ranking) -> list[Claim]:
-    return [
-        Claim(
+    claims = []
+    for member in (m for m in FAMILY_OPTIMIZERS if m in ranking.scores):
+        outcome = ranking.versus(member, "diffgrad")
+        claims.append(Claim(
             f"Tuned, {ranking.workload}: {member} beats plain diffGrad",
-            OUTCOME_VERDICTS[ranking.versus(member, "diffgrad")],
+            OUTCOME_VERDICTS[outcome],
             f"{member} {fmt_ci(ranking.scores[member])} (rank {ranking.rank(member)} of {len(ranking.scores)}), "
-            f"diffgrad {fmt_ci(ranking.scores['diffgrad'])} (rank {ranking.rank('diffgrad')}): "
-            f"{ranking.versus(member, 'diffgrad')} ({CI_RULE})",
-        )
-        for member in FAMILY_OPTIMIZERS
-        if member in ranking.scores
-    ]
+            f"diffgrad {fmt_ci(ranking.scores['diffgrad'])} (rank {ranking.rank('diffgrad')}): {outcome} ({CI_RULE})",
+        ))
+    return claims
 
 
 def family_section(url: str, plot_dir: Path) -> tuple[list[Section], list[Claim]]:
