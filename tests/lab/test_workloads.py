@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -388,3 +389,58 @@ def test_trajectory_accepts_a_start_and_closure_optimizers() -> None:
     assert path.xs.shape == (21, 2) and path.losses[-1].item() < 1e-8
     with pytest.raises(ValueError, match="x0"):
         trajectory(FUNCTIONS["F1"], lambda p: torch.optim.SGD(p, lr=0.1), steps=1, x0=(0.0, 0.0))
+
+
+class _Payload:
+    """Unpickling this runs ``open(marker, "w")``: what a crafted data file could do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return open, (str(self.marker), "w")
+
+
+@pytest.mark.parametrize("kind", list(LAYOUTS))
+def test_a_cifar_pickle_that_would_run_code_is_refused(tmp_path: Path, kind: str) -> None:
+    layout = LAYOUTS[kind]
+    folder = write_fake_cifar(tmp_path / "data", kind, n_train=4, n_test=2)
+    marker = tmp_path / "ran"
+    crafted = folder / layout.test_file
+    crafted.write_bytes(pickle.dumps({b"data": _Payload(marker), layout.label_key: [0]}))
+    with pytest.raises(ValueError, match=re.escape(f"{crafted}: refusing to load io.open")) as info:
+        read_cifar(folder, kind)
+    assert not marker.exists()
+    with pytest.raises(ValueError, match="refusing to load io.open"):  # at construction, not mid-run
+        get_workload(f"{kind}-resnet", data_dir=folder)
+    assert not marker.exists() and "only dicts, lists, bytes, numbers and numpy arrays" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"not a pickle", "not a CIFAR python pickle"),
+        (pickle.dumps([1, 2]), "expected a dict with keys b'data'"),
+        (pickle.dumps({b"data": np.zeros((1, 3072), np.float32), b"labels": [0]}), "must be a uint8 array"),
+        (pickle.dumps({b"data": np.zeros((1, 3072), np.uint8), b"labels": [b"x"]}), "must be a list of integers"),
+    ],
+)
+def test_a_foreign_cifar_file_is_named(tmp_path: Path, content: bytes, message: str) -> None:
+    folder = write_fake_cifar(tmp_path, "cifar10", n_train=5, n_test=2)
+    (folder / "data_batch_3").write_bytes(content)
+    with pytest.raises(ValueError, match=message) as info:
+        read_cifar(folder)
+    assert str(folder / "data_batch_3") in str(info.value)
+
+
+def test_cifar_pickles_written_with_protocol_5_load(tmp_path: Path) -> None:
+    # Protocol 5 (Python 3.14's default) rebuilds arrays with numpy's _frombuffer, not _reconstruct.
+    folder = write_fake_cifar(tmp_path, "cifar10", n_train=5, n_test=2)
+    expected = read_cifar(folder)
+    for name in (*LAYOUTS["cifar10"].train_files, "test_batch"):
+        with open(folder / name, "rb") as f:
+            batch = pickle.load(f)
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=5))
+    assert b"_frombuffer" in (folder / "test_batch").read_bytes()
+    got = read_cifar(folder)
+    assert all(torch.equal(a, b) for split in got for a, b in zip(got[split], expected[split]))

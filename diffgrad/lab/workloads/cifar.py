@@ -4,6 +4,8 @@
 - Data: the official pickles (``data_batch_1..5``/``test_batch`` or ``train``/``test``); a fixed
   10 % of the training images (5,000 of 50,000) is the validation split, the 10,000 test images are
   the test split. (The paper scored on the test set; selecting on it is what §7 warns against.)
+  The pickles are read with an unpickler that builds only dicts, lists, bytes, numbers and numpy
+  arrays, so a crafted file cannot run code; a file holding anything else is refused by name.
 - Augmentation (training batches only): zero-pad to 40×40, random 32×32 crop, random horizontal
   flip with p = 0.5 — the torchvision pipeline of kuangliu/pytorch-cifar done with torch ops,
   vectorised over the batch and drawn from the run's seeded generator.
@@ -20,8 +22,9 @@ import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, BinaryIO, ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -31,6 +34,7 @@ from .base import Budget
 from .common import ClassificationWorkload, epochs_to_steps, fixed_split, is_int
 
 PAD = 4  # 32×32 -> 40×40
+IMAGE_SIZE = 3 * 32 * 32  # values per image row in the pickles
 VAL_FRACTION = 0.1
 TRAIN_SIZE = 45_000  # 50,000 official training images minus the validation split
 BATCH_SIZE = 128
@@ -98,11 +102,56 @@ def find_cifar_folder(data_dir: str | Path, kind: str) -> Path:
     )
 
 
-def _read_pickle(path: Path) -> dict:
-    # The official files are Python 2 pickles; encoding="bytes" keeps their keys as bytes.
-    # Unpickling runs code from the file: only point data_dir at data you trust.
+class UnsafePickleError(ValueError):
+    """A data file asks to build something other than the plain containers and arrays of CIFAR."""
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Builds only what the official CIFAR pickles hold: dicts, lists, bytes, str, ints and numpy
+    arrays. Any other global (``os.system``, ``builtins.eval``, a class with a ``__reduce__``) is
+    refused before it is looked up, so a crafted file in ``data_dir`` cannot run code."""
+
+    # numpy's array reconstruction under its 1.x (numpy.core) and 2.x (numpy._core) module names;
+    # _frombuffer is what pickle protocol 5 writes.
+    ALLOWED = frozenset(
+        {("numpy", "ndarray"), ("numpy", "dtype")}
+        | {(f"numpy.{core}.multiarray", "_reconstruct") for core in ("core", "_core")}
+        | {(f"numpy.{core}.numeric", "_frombuffer") for core in ("core", "_core")}
+    )
+
+    def __init__(self, file: BinaryIO, path: Path) -> None:
+        # The official files are Python 2 pickles; encoding="bytes" keeps their keys as bytes.
+        super().__init__(file, encoding="bytes")
+        self.path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise UnsafePickleError(f"{self.path}: refusing to load {module}.{name}; a CIFAR data file holds "
+                                    f"only dicts, lists, bytes, numbers and numpy arrays")
+        return super().find_class(module, name)
+
+
+def _read_batch(path: Path, label_key: bytes) -> tuple[Tensor, Tensor]:
+    """One pickle's images (uint8 [N, 3, 32, 32]) and labels (int64 [N]), checked to be what the
+    official files hold."""
     with open(path, "rb") as f:
-        return pickle.load(f, encoding="bytes")
+        try:
+            batch = _CifarUnpickler(f, path).load()
+        except UnsafePickleError:
+            raise
+        except Exception as error:  # a truncated or foreign file fails in many ways inside pickle
+            raise ValueError(f"{path}: not a CIFAR python pickle ({type(error).__name__}: {error})") from error
+    if not isinstance(batch, dict) or b"data" not in batch or label_key not in batch:
+        raise ValueError(f"{path}: expected a dict with keys b'data' and {label_key!r}")
+    data, labels = batch[b"data"], batch[label_key]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.size % IMAGE_SIZE:
+        raise ValueError(f"{path}: b'data' must be a uint8 array of {IMAGE_SIZE}-value rows, got "
+                         f"{getattr(data, 'dtype', type(data).__name__)} of size {getattr(data, 'size', '?')}")
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or (labels.size and not np.issubdtype(labels.dtype, np.integer)):  # [] reads as float
+        raise ValueError(f"{path}: {label_key!r} must be a list of integers, got {labels.dtype} of shape "
+                         f"{labels.shape}")
+    return torch.from_numpy(data.reshape(-1, 3, 32, 32)), torch.from_numpy(labels.astype(np.int64))
 
 
 def read_cifar(data_dir: str | Path, kind: str = "cifar10") -> dict[str, tuple[Tensor, Tensor]]:
@@ -111,18 +160,13 @@ def read_cifar(data_dir: str | Path, kind: str = "cifar10") -> dict[str, tuple[T
     folder = find_cifar_folder(data_dir, kind)
     out = {}
     for split, names in (("train", layout.train_files), ("test", (layout.test_file,))):
-        images, labels = [], []
-        for name in names:
-            batch = _read_pickle(folder / name)
-            images.append(torch.as_tensor(batch[b"data"], dtype=torch.uint8).reshape(-1, 3, 32, 32))
-            labels.append(torch.as_tensor(batch[layout.label_key], dtype=torch.int64))
+        images, labels = zip(*(_read_batch(folder / name, layout.label_key) for name in names))
         x, y = torch.cat(images), torch.cat(labels)
         if len(x) != len(y) or len(y) == 0 or y.min() < 0 or y.max() >= layout.num_classes:
             raise ValueError(f"{folder}: {split} pickles hold {len(x)} images and {len(y)} labels "
                              f"(labels must lie in [0, {layout.num_classes}))")
         out[split] = (x, y)
     return out
-
 
 def write_fake_cifar(folder: str | Path, kind: str = "cifar10", n_train: int = 100, n_test: int = 20,
                      seed: int = 0) -> Path:
@@ -151,9 +195,10 @@ def write_fake_cifar(folder: str | Path, kind: str = "cifar10", n_train: int = 1
     return folder
 
 
-@functools.lru_cache(maxsize=1)
+@functools.lru_cache(maxsize=len(LAYOUTS))
 def _cifar_splits(folder: Path, kind: str) -> dict[str, tuple[Tensor, Tensor]]:
-    # Cached so that the many runs of one study in one process read the pickles once.
+    # Cached so that the many runs of one study in one process read the pickles once, also when
+    # CIFAR-10 and CIFAR-100 workloads are built side by side (the paper's tables).
     data = read_cifar(folder, kind)
     x, y = data["train"]
     val_size = round(VAL_FRACTION * len(y))
@@ -275,7 +320,8 @@ class _CifarResNet(ClassificationWorkload):
         if not is_int(width) or width < 1:
             raise ValueError(f"width must be a positive int, got {width!r}")
         self.layout = LAYOUTS[self.kind]
-        self.folder = find_cifar_folder(data_dir, self.kind)  # fail at construction, not mid-run
+        self.folder = find_cifar_folder(data_dir, self.kind)
+        _cifar_splits(self.folder, self.kind)  # a missing, foreign or unsafe file fails here, not mid-run
         self.depth = int(depth)
         self.width = int(width)
         self._mean = torch.tensor(self.layout.mean).view(1, 3, 1, 1)
