@@ -168,6 +168,7 @@ def read_cifar(data_dir: str | Path, kind: str = "cifar10") -> dict[str, tuple[T
         out[split] = (x, y)
     return out
 
+
 def write_fake_cifar(folder: str | Path, kind: str = "cifar10", n_train: int = 100, n_test: int = 20,
                      seed: int = 0) -> Path:
     """Write random uint8 images and labels in ``kind``'s official pickle layout into ``folder``
