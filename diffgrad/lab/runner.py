@@ -17,9 +17,16 @@ Protocols:
 
 Tuning uses seed 0; final runs use seeds 1..K in both protocols, so final runs of different
 optimizers start from the same weights and see the same batches. The sampler is seeded by the
-number of the trial it samples for, so optimizers with the same search space try the same first
-learning rates (common random numbers), a resumed study does not replay earlier draws, and workers
-sharing a study never sample with the same seed.
+place in the plan of the tune trial it samples for, its slot: the number of earlier tune trials
+that are COMPLETE, RUNNING or WAITING. So optimizers with the same search space try the same first
+learning rates (common random numbers); a resumed study does not replay earlier draws; a study
+killed and resumed trains what an uninterrupted one would (the killed trial, FAIL, holds no slot
+and is ignored by TPE, its retry holds that slot with the same parameters, the next trial takes
+the next slot), provided the resumed run finds the killed trial dead before it samples (as it
+does once that trial's heartbeat is older than the grace period; a trial still RUNNING cannot be
+told from another worker's, and sampling goes on without its result); and workers sharing a study
+never sample with the same seed (a trial is RUNNING from the moment the storage numbers it, so a
+later trial counts it).
 
 Resuming and sharing work. The plan of a study is fixed (its StudyInfo); running it again only
 trains what is missing: COMPLETE trials are never recomputed, tune trials are counted against the
@@ -526,14 +533,12 @@ def _advance(plan: StudyPlan, study: optuna.Study, objective: _Objective) -> boo
 
 
 def _trial_seeded_tpe(n_startup_trials: int) -> optuna.samplers.BaseSampler:
-    """A TPE sampler seeded, for each trial, by that trial's number.
+    """A TPE sampler seeded, for each trial, by that trial's :func:`_plan_slot`.
 
-    A resumed or shared study thus draws new points instead of replaying its sequence from the
-    start. Trial numbers are handed out by the storage, one per trial, so workers sharing a study
-    never sample with the same seed (seeding by the trial count each worker had read made two
-    workers that read it at the same moment train the same learning rate twice). A lone worker's
-    trial number is the number of trials so far, so optimizers with the same search space try the
-    same first learning rates (common random numbers).
+    Seeding by the slot rather than the trial number keeps a resumed study on the uninterrupted
+    sequence: a killed trial and its retry take two trial numbers but one slot. Seeding by the
+    trial count each worker had read made two workers that read it at the same moment train the
+    same learning rate twice; slots are distinct because each is counted after its trial exists.
     """
     import optuna
 
@@ -542,7 +547,7 @@ def _trial_seeded_tpe(n_startup_trials: int) -> optuna.samplers.BaseSampler:
             self.tpe = optuna.samplers.TPESampler(seed=0, n_startup_trials=n_startup_trials)
 
         def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-            self.tpe = optuna.samplers.TPESampler(seed=trial.number, n_startup_trials=n_startup_trials)
+            self.tpe = optuna.samplers.TPESampler(seed=_plan_slot(study, trial), n_startup_trials=n_startup_trials)
             self.tpe.before_trial(study, trial)
 
         def infer_relative_search_space(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict:
@@ -563,6 +568,19 @@ def _trial_seeded_tpe(n_startup_trials: int) -> optuna.samplers.BaseSampler:
             self.tpe.reseed_rng()
 
     return TrialSeededTPE()
+
+
+def _plan_slot(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> int:
+    """How many tune trials before ``trial`` hold a place in the plan (COMPLETE, RUNNING or WAITING).
+
+    A trial that died (FAIL) gives its place to its retry, which Optuna enqueues with the same
+    parameters; a PRUNED trial was beyond the plan. ``_Objective._surplus`` counts the same way.
+    """
+    import optuna
+
+    states = optuna.trial.TrialState
+    live = (states.COMPLETE, states.RUNNING, states.WAITING)
+    return sum(t.number < trial.number and _phase(t) == TUNE for t in study.get_trials(deepcopy=False, states=live))
 
 
 def _fail_stale(study: optuna.Study) -> None:
