@@ -1,4 +1,4 @@
-"""diffGrad for PyTorch (Dubey et al., IEEE TNNLS 2019) and a lab that measures when it helps."""
+"""diffGrad for PyTorch (Dubey et al., IEEE TNNLS 2020) and a lab that measures when it helps."""
 
 from __future__ import annotations
 

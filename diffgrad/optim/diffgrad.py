@@ -31,7 +31,7 @@ _BUFFERS = {"exp_avg": False, "exp_avg_sq": True, "previous_grad": False, "max_e
 
 
 class DiffGrad(Optimizer):
-    r"""diffGrad (Dubey et al., IEEE TNNLS 2019): Adam with a per-element friction on the step.
+    r"""diffGrad (Dubey et al., IEEE TNNLS 2020): Adam with a per-element friction on the step.
 
     For every element of a parameter θ, with gradient g_t at step t (``g_0 = 0``)::
 
@@ -59,14 +59,12 @@ class DiffGrad(Optimizer):
             :class:`~diffgrad.optim.friction.Friction`.
         maximize: maximise the objective (the gradient's sign is flipped first).
         foreach: ``True``: the ``torch._foreach_*`` implementation; ``False``: the per-tensor
-            loop. ``None`` picks per tensor: the per-tensor loop for CPU tensors of 32768
-            elements and more (its cache-sized slices are faster there), foreach for the rest
-            (one dispatch per operation for all small tensors; fewer kernel launches on
-            accelerators). See ``benchmarks/step.py``.
-        fused: use the single-pass step that ``torch.compile`` builds per parameter group
-            (Inductor: C++/OpenMP on CPU, Triton on GPU). The first step compiles (seconds to
-            minutes for hundreds of tensors; cached on disk for later runs); learning-rate
-            schedules and the step count do not recompile. Cannot be combined with ``foreach``.
+            loop. ``None`` (default) picks per tensor: large CPU tensors take a sliced step built
+            on torch's fused Adam kernel (:mod:`diffgrad.optim.cpu_slices`), the rest foreach.
+        fused: use the single-pass kernel (:mod:`diffgrad.optim.fused`, CPU tensors): one pass
+            over every element reads θ, g and the state and writes θ and the state. It is C++,
+            compiled once per machine on first use (a few seconds) and cached on disk.
+            Cannot be combined with ``foreach``.
         rectify: rectified diffGrad (diffRGrad): RAdam's rectification of the step; see
             :mod:`diffgrad.optim.modifiers` for this and the other modifiers' equations.
         rectify_threshold: ρ_t from which the rectified step applies (RAdam: 5; at least 4).
@@ -165,6 +163,9 @@ class DiffGrad(Optimizer):
             adainject_k=adainject_k,
             cautious=cautious,
             centralize=centralize,
+            # torch.optim's base class adds this key to every group on load; DiffGrad's step is
+            # not differentiable, so it is always False (and a loaded state dict equals the saved one).
+            differentiable=False,
         )
         _check_options(defaults)
         super().__init__(params, defaults)
@@ -187,9 +188,7 @@ class DiffGrad(Optimizer):
                 # Other implementations keep ``step`` as a Python number, or per group.
                 step = p_state.get("step", group.get("step", 0))
                 if not torch.is_tensor(step):
-                    p_state["step"] = torch.tensor(
-                        float(step), dtype=torch.float32, device=p.device if group["fused"] else None
-                    )
+                    p_state["step"] = torch.tensor(float(step), dtype=torch.float32)
                 if "previous_grad" not in p_state:
                     self._set_buffer(p_state, "previous_grad", new_buffer(p, group["state_dtype"]))
 
@@ -248,9 +247,7 @@ class DiffGrad(Optimizer):
             if not state:
                 if fused and not torch.is_floating_point(p):
                     raise RuntimeError(f"DiffGrad(fused=True) needs floating-point parameters; got {p.dtype}")
-                # The compiled step reads ``step`` on the parameter's device, without a host
-                # synchronisation (as torch.optim's fused optimizers); the eager paths on the CPU.
-                state["step"] = torch.tensor(0.0, dtype=torch.float32, device=p.device if fused else None)
+                state["step"] = torch.tensor(0.0, dtype=torch.float32)
                 for key in STATE_KEYS[1:]:
                     self._set_buffer(state, key, new_buffer(p, state_dtype))
             if amsgrad and "max_exp_avg_sq" not in state:
@@ -323,7 +320,7 @@ class DiffGrad(Optimizer):
                 exp_grad_norms=exp_grad_norms,
                 foreach=group["foreach"],
                 fused=bool(group["fused"]),
-                lr=group["lr"] if group["fused"] else float(group["lr"]),
+                lr=group["lr"],
                 beta1=float(beta1),
                 beta2=float(beta2),
                 eps=group["eps"],
@@ -350,29 +347,31 @@ def _check_options(group: dict[str, Any]) -> None:
     lr = group["lr"]
     if isinstance(lr, Tensor):
         if lr.numel() != 1:
-            raise ValueError(f"Invalid lr: a tensor lr must have one element, got shape {tuple(lr.shape)}")
+            raise ValueError(f"Invalid learning rate: a tensor lr must have one element, got shape {tuple(lr.shape)}")
         lr_value = lr.item()
     elif isinstance(lr, (int, float)) and not isinstance(lr, bool):
         lr_value = float(lr)
     else:
-        raise ValueError(f"Invalid lr: {lr!r} (expected a float or a one-element tensor)")
+        raise ValueError(f"Invalid learning rate: {lr!r} (lr must be a float or a one-element tensor)")
     if not lr_value >= 0.0:
-        raise ValueError(f"Invalid lr: {lr_value} (must be >= 0)")
+        raise ValueError(f"Invalid learning rate: {lr_value} (lr must be >= 0)")
 
     betas = group["betas"]
     if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
         raise ValueError(f"Invalid betas: {betas!r} (expected a pair (beta1, beta2))")
     for index, beta in enumerate(betas):
-        if not (isinstance(beta, (int, float)) and 0.0 <= beta < 1.0):
-            raise ValueError(f"Invalid beta parameter at index {index} of betas: {beta!r} (must be in [0, 1))")
-    for name in ("eps", "weight_decay"):
+        if not (isinstance(beta, (int, float)) and not isinstance(beta, bool) and 0.0 <= beta < 1.0):
+            raise ValueError(f"Invalid beta parameter at index {index}: {beta!r} (betas[{index}] must be in [0, 1))")
+    for name, phrase in (("eps", "epsilon value"), ("weight_decay", "weight_decay value")):
         value = group[name]
         if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0.0):
-            raise ValueError(f"Invalid {name}: {value!r} (must be a float >= 0)")
+            raise ValueError(f"Invalid {phrase}: {value!r} ({name} must be a float >= 0)")
     _resolve_friction(group["friction"])
     for name in ("decoupled_weight_decay", "amsgrad", "maximize", "rectify", "adanorm", "adainject", "cautious", "centralize"):
         if not isinstance(group[name], bool):
             raise ValueError(f"Invalid {name}: {group[name]!r} (must be a bool)")
+    if group.get("differentiable", False):
+        raise ValueError("Invalid differentiable: True (DiffGrad's step is not differentiable)")
     for name in ("foreach", "fused"):
         if group[name] not in (None, True, False):
             raise ValueError(f"Invalid {name}: {group[name]!r} (must be None, True or False)")

@@ -29,10 +29,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["Modifiers", "WARMUPS", "adanorm_", "cautious_", "centralized", "injected", "rectification"]
+__all__ = ["Modifiers", "WARMUPS", "adainject_scale", "adanorm_", "cautious_", "centralized", "injected", "rectification"]
 
 # What the rectified step does while ρ_t is under the threshold: a bias-corrected momentum-SGD
-# step θ ← θ − α·m̂ (the paper of the family's reading, PAPER §8), or no update.
+# step θ ← θ − α·m̂ (the family paper's reading), or no update.
 WARMUPS = ("sgd", "skip")
 
 
@@ -85,12 +85,17 @@ def adanorm_(g: Tensor, exp_grad_norm: Tensor, gamma: float) -> Tensor:
     return g * ratio
 
 
-def injected(s: Tensor, param_change: Tensor, scale: float | Tensor) -> Tensor:
-    """AdaInject: the first moment's input scale·(s + Δθ ⊙ s²), Δθ = θ_{t−1} − θ_t.
+def adainject_scale(step: float | Tensor, k: float) -> float | Tensor:
+    """AdaInject's factor at step t: 1/k for t > 1, and 1 at t = 1, where Δθ = 0 (the previous
+    parameters start as the parameters), so the first step takes plain s_1."""
+    if isinstance(step, Tensor):
+        return torch.where(step > 1, 1.0 / k, 1.0)
+    return 1.0 / k if step > 1 else 1.0
 
-    ``scale`` is 1/k for t > 1 and 1 at t = 1, where Δθ = 0 (the previous parameters start as
-    the parameters), so the first step takes plain s_1.
-    """
+
+def injected(s: Tensor, param_change: Tensor, scale: float | Tensor) -> Tensor:
+    """AdaInject: the first moment's input scale·(s + Δθ ⊙ s²), Δθ = θ_{t−1} − θ_t, with
+    ``scale`` from :func:`adainject_scale`."""
     return s.addcmul(param_change, s.square()).mul_(scale)
 
 

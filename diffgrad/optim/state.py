@@ -47,8 +47,10 @@ __all__ = [
     "compute_dtype",
     "load",
     "new_buffer",
+    "pack",
     "real_numel",
     "store",
+    "unpack",
 ]
 
 BLOCK = 256
@@ -192,6 +194,26 @@ def _write(target: Tensor, value: Tensor, keep: Tensor | None) -> None:
     if keep is not None:
         value = torch.where(keep, target, value.to(target.dtype))
     target.copy_(value)
+
+
+def unpack(buffer: StateBuffer, param: Tensor, *, sqrt_domain: bool = False) -> tuple[Tensor, bool]:
+    """``buffer``'s values as a real tensor shaped like ``param`` (complex parameters as
+    ``view_as_real``) in ``param``'s compute dtype, and whether :func:`pack` must write them back:
+    False where they are the buffer's own storage, True for a decoded copy. This and :func:`pack`
+    are the only places where an implementation path meets a storage format."""
+    dtype = compute_dtype(param)
+    if isinstance(buffer, Blockwise8):
+        values, _ = load(buffer, (0, real_numel(param)), dtype, copy=False, sqrt_domain=sqrt_domain)
+        return values.view(_real(param).shape), True
+    return load(buffer, None, dtype, copy=False)
+
+
+def pack(buffer: StateBuffer, value: Tensor, *, sqrt_domain: bool = False) -> None:
+    """Store ``value`` (a decoded copy from :func:`unpack`, updated) into ``buffer``'s format."""
+    if isinstance(buffer, Blockwise8):
+        store(buffer, value.reshape(-1), (0, value.numel()), sqrt_domain=sqrt_domain)
+    else:
+        _real(buffer).copy_(value)
 
 
 def buffer_tensors(key: str, buffer: StateBuffer) -> dict[str, Tensor]:

@@ -95,9 +95,9 @@ IN_FEATURES = 3
 def _wide() -> int:
     """An odd width whose layers hold more elements than the per-tensor step's slice (``CHUNK``),
     so that the sliced code path runs too."""
-    from diffgrad.optim import functional
+    from diffgrad.optim import cpu_slices
 
-    chunk = getattr(functional, "CHUNK", 1 << 18)
+    chunk = cpu_slices.CHUNK
     return chunk // 3 + (2 if (chunk // 3) % 2 else 1)
 
 
@@ -376,7 +376,7 @@ def friction_on_shards_task(shapes: list[tuple[int, ...]], names: list[str]) -> 
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Shard, distribute_tensor
 
-    from diffgrad.optim.friction import abs_grad_stats, foreach_friction_, friction_, get_friction
+    from diffgrad.optim.friction import abs_grad_stats, friction_, get_friction
 
     mesh = init_device_mesh("cpu", (dist.get_world_size(),))
     grads, prevs = friction_inputs(shapes)
@@ -389,13 +389,13 @@ def friction_on_shards_task(shapes: list[tuple[int, ...]], names: list[str]) -> 
 
         def per_tensor() -> list[Tensor]:
             return [
-                full(friction_(friction, distribute_tensor(p - g, mesh, [Shard(0)]), dg))
+                full(friction_(friction, [distribute_tensor(p - g, mesh, [Shard(0)])], [dg])[0])
                 for p, g, dg in zip(prevs, grads, dgrads)
             ]
 
         def foreach() -> list[Tensor]:
             deltas = [distribute_tensor(p - g, mesh, [Shard(0)]) for p, g in zip(prevs, grads)]
-            return [full(xi) for xi in foreach_friction_(friction, deltas, dgrads)]
+            return [full(xi) for xi in friction_(friction, deltas, dgrads)]
 
         out[(name, "per_tensor")] = guarded(per_tensor)
         out[(name, "foreach")] = guarded(foreach)

@@ -1,28 +1,29 @@
-"""The implementation paths against each other and the reference, including the branches that
-test_reference.py's small tensors do not reach: torch's fused Adam kernel (large CPU tensors, and
-every tensor on accelerators) and the sliced per-tensor step."""
+"""The implementation paths against each other and the reference, including what
+test_reference.py's small tensors do not reach: the default path's sliced step on torch's fused
+Adam kernel (large CPU tensors, :mod:`diffgrad.optim.cpu_slices`) and compact state unpacked in
+batches."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-import diffgrad.optim.functional as functional
 from diffgrad import DiffGrad
+from diffgrad.optim import cpu_slices, functional
+from optim_info import HP, PATHS
 from reference import RefState, reference_kwargs, reference_step
 
-HP = {"lr": 0.01, "betas": (0.8, 0.99), "eps": 1e-6}
 ALL_OPTIONS = {"weight_decay": 0.05, "amsgrad": True, "maximize": True}
-# "default" (foreach=None) sends the large CPU tensor to the per-tensor step, the rest to foreach.
-PATHS = {"single_tensor": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}, "default": {}}
 
 
 @pytest.mark.parametrize(
     "options", [ALL_OPTIONS, {"weight_decay": 0.1, "decoupled_weight_decay": True, "friction": "dfc1"}], ids=["all", "decoupled_dfc1"]
 )
-def test_fused_adam_kernel_branch_matches_reference(monkeypatch: pytest.MonkeyPatch, options: dict) -> None:
-    """With every CPU tensor sent to the fused Adam kernel, float64 still equals the reference."""
-    monkeypatch.setattr(functional, "_SERIAL_NUMEL", 0)
+def test_sliced_default_step_matches_reference(monkeypatch: pytest.MonkeyPatch, options: dict) -> None:
+    """With every CPU tensor sent to the sliced step on torch's fused Adam kernel, float64 still
+    equals the reference."""
+    monkeypatch.setattr(cpu_slices, "MIN_NUMEL", 0)
+    monkeypatch.setattr(cpu_slices, "CHUNK", 5)  # (3, 4) takes three slices, the last one short
     g = torch.Generator().manual_seed(0)
     params = [torch.randn(shape, generator=g, dtype=torch.float64).requires_grad_() for shape in [(), (3, 4), (7,)]]
     opt = DiffGrad(params, **HP, **options)
@@ -39,25 +40,30 @@ def test_fused_adam_kernel_branch_matches_reference(monkeypatch: pytest.MonkeyPa
             torch.testing.assert_close(opt.state[p][key].flatten(), torch.tensor(value, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("state_dtype", [None, "8bit"])
-def test_slices_equal_whole_tensors_bit_for_bit(monkeypatch: pytest.MonkeyPatch, state_dtype: str | None) -> None:
-    """The per-tensor path's cache-sized slices (an uneven last one included) change nothing."""
+@pytest.mark.parametrize(
+    "module, name, state_dtype", [(cpu_slices, "CHUNK", None), (functional, "UNPACK_NUMEL", "8bit")], ids=["slices", "8bit"]
+)
+def test_slices_equal_whole_tensors_bit_for_bit(monkeypatch: pytest.MonkeyPatch, module, name: str, state_dtype) -> None:
+    """The default path's cache-sized slices (an uneven last one included), and compact state
+    unpacked a few tensors at a time, change nothing."""
 
-    def run(chunk: int) -> tuple[torch.Tensor, dict]:
-        monkeypatch.setattr(functional, "CHUNK", chunk)
+    def run(size: int) -> tuple[list[torch.Tensor], DiffGrad]:
+        monkeypatch.setattr(module, name, size)
         g = torch.Generator().manual_seed(0)
-        p = torch.randn(16, 320, generator=g, requires_grad=True)
-        opt = DiffGrad([p], **HP, **ALL_OPTIONS, state_dtype=state_dtype)
+        params = [torch.randn(16, 320, generator=g, requires_grad=True), torch.randn(8, 512, generator=g, requires_grad=True)]
+        opt = DiffGrad(params, **HP, **ALL_OPTIONS, state_dtype=state_dtype)
         for _ in range(5):
-            p.grad = torch.randn(p.shape, generator=g)
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=g)
             opt.step()
-        return p.detach(), opt.state[p]
+        return params, opt
 
-    whole_p, whole_state = run(1 << 30)
-    sliced_p, sliced_state = run(768)  # 5120 elements: six slices of 768 and one of 512
-    assert torch.equal(whole_p, sliced_p)
-    for key, value in whole_state.items():
-        assert torch.equal(value, sliced_state[key]), key
+    whole_params, whole_opt = run(1 << 30)
+    sliced_params, sliced_opt = run(768)  # 5120 elements: six slices of 768 and one of 512
+    for p, q in zip(whole_params, sliced_params):
+        assert torch.equal(p, q)
+        for key, value in whole_opt.state[p].items():
+            assert torch.equal(value, sliced_opt.state[q][key]), key
 
 
 def test_all_paths_agree_on_every_state_key() -> None:
