@@ -1,0 +1,581 @@
+// diffGrad's fused CPU step (paper Eq. 11–20): one pass over each parameter and its state.
+//
+// Plain C++17 with a C ABI (loaded by diffgrad/optim/fused.py through ctypes, built there with
+// g++ -O3 -march=native -fopenmp): raw pointers, element counts, format codes and scalars. No
+// torch headers, so the build is one small translation unit that does not depend on how many
+// tensors a model has.
+//
+// For every element, in the compute dtype T (double for float64 parameters, float otherwise):
+//
+//     g  = grad·grad_factor (+ λθ, coupled decay)     first = g·ratio (AdaNorm), AdaInject's form
+//     θ ← θ·(1 − αλ)                                  decoupled decay
+//     m  = β1·m + (1 − β1)·first                      Eq. 11
+//     v  = β2·v + (1 − β2)·g²                         Eq. 12   (v_max = max(v_max, v): AMSGrad)
+//     ξ  = scale·sigmoid(slope·h(g_prev − g) − offset) + shift     Eq. 17–19
+//     θ ← θ − s_t·ξ·m/(sqrt(v) + ε_t)                 Eq. 13, 20
+//     g_prev ← g
+//
+// with s_t = α·r_t·sqrt(1 − β2^t)/(1 − β1^t) and ε_t = ε·sqrt(1 − β2^t), which equal α·m̂/(sqrt(v̂) + ε)
+// up to round-off without a bias-correction pass; r_t and the warm-up's momentum step come from
+// RAdam's rule when rectified, and cautious masking scales the update by a whole-tensor count
+// (a counting pass before the step).
+//
+// Storage formats match diffgrad/optim/state.py bit for bit: a state buffer is a plain array in
+// T, bfloat16 (round to nearest even, as torch's conversion), or 8-bit block-wise float8-e4m3fn
+// codes of x/absmax·448 per 256 elements with a float32 absmax (x = sqrt(v) for second moments,
+// whose decoded code is clamped to ≥ 2^−10 first).
+//
+// Work is split into items of whole 256-element blocks of one tensor, shared among OpenMP threads;
+// inside an item the step runs block by block: buffers in T are read and written in place, other
+// formats are decoded into block-sized arrays on the stack (in L1) and encoded back.
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kBlock = 256;               // the 8-bit block, and the unit of staging
+constexpr int64_t kItemBlocks = 64;           // blocks per work item: 16384 elements
+constexpr int64_t kSerialNumel = 1 << 15;     // below this many elements in all, one thread
+constexpr float kCodeMax = 448.0f;            // largest finite float8-e4m3fn value
+constexpr float kSqrtFloor = 0.0009765625f;   // 2^−10: what a zero code of sqrt(v) decodes to
+
+enum Format : int32_t { kAbsent = 0, kFloat32 = 1, kFloat64 = 2, kBFloat16 = 3, kBlockwise8 = 4 };
+enum Slot : int { kExpAvg, kExpAvgSq, kPreviousGrad, kMaxExpAvgSq, kPreviousParam, kSlots };
+// Second moments are quantised as sqrt(v), halving their dynamic range (state.py).
+constexpr bool kSqrtDomain[kSlots] = {false, true, false, true, false};
+
+template <class To, class From>
+inline To bit_cast(From from) {
+  static_assert(sizeof(To) == sizeof(From));
+  To to;
+  std::memcpy(&to, &from, sizeof(To));
+  return to;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Codecs, element by element (the loops that call them vectorise).
+
+inline float bf16_to_float(uint16_t h) { return bit_cast<float>(static_cast<uint32_t>(h) << 16); }
+
+// Round to nearest even, as c10::BFloat16 and torch's vectorised conversion; NaN becomes 0xffff
+// as in the vectorised conversion, which every tensor of more than a few elements takes.
+inline uint16_t float_to_bf16(float f) {
+  const uint32_t u = bit_cast<uint32_t>(f);
+  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  return f != f ? uint16_t{0xffff} : static_cast<uint16_t>(rounded);
+}
+
+// c10's fp8e4m3fn_from_fp32_value: round to nearest even; magnitudes from 480 on (and NaN)
+// become the NaN code 0x7f with the input's sign, as torch does (no saturation).
+inline uint8_t float_to_e4m3(float f) {
+  uint32_t bits = bit_cast<uint32_t>(f);
+  const uint32_t sign = bits & 0x80000000u;
+  bits ^= sign;
+  constexpr uint32_t kMax = 1087u << 20;        // 480.0f
+  constexpr uint32_t kDenormMask = 141u << 23;  // adds the implicit bits for subnormal codes
+  // Under 2^−6 (the smallest normal code) a float addition rounds into the subnormal codes.
+  const uint32_t subnormal = bit_cast<uint32_t>(bit_cast<float>(bits) + bit_cast<float>(kDenormMask)) - kDenormMask;
+  const uint32_t normal = (bits + (static_cast<uint32_t>(7 - 127) << 23) + 0x7ffffu + ((bits >> 20) & 1u)) >> 20;
+  uint32_t code = bits < (121u << 23) ? subnormal : normal;
+  code = bits >= kMax ? 0x7fu : code;
+  return static_cast<uint8_t>((code & 0xffu) | (sign >> 24));
+}
+
+inline float e4m3_to_float(uint8_t c) {
+  const uint32_t magnitude = c & 0x7fu;
+  // Normal codes: exponent rebased from 7 to 127; subnormal ones are mantissa·2^−9.
+  const uint32_t normal = (magnitude << 20) + (120u << 23);
+  const uint32_t subnormal = bit_cast<uint32_t>(static_cast<float>(magnitude & 7u) * 0.001953125f);
+  uint32_t bits = (magnitude & 0x78u) != 0 ? normal : subnormal;
+  bits = magnitude == 0x7fu ? 0x7fc00000u : bits;
+  return bit_cast<float>(bits | (static_cast<uint32_t>(c & 0x80u) << 24));
+}
+
+// Decode one block of 8-bit codes (state.load): code·(absmax/448), squared for sqrt(v).
+template <class T>
+void decode_block8(const uint8_t* __restrict codes, float absmax, bool sqrt_domain, int64_t n, T* __restrict out) {
+  const float scale = absmax / kCodeMax;
+  if (sqrt_domain) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      float x = e4m3_to_float(codes[i]);
+      x = x < kSqrtFloor ? kSqrtFloor : x;  // clamp_min, which keeps NaN
+      x *= scale;
+      out[i] = static_cast<T>(x * x);
+    }
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) out[i] = static_cast<T>(e4m3_to_float(codes[i]) * scale);
+  }
+}
+
+// Encode one block (state.store): x in float32 (sqrt(v) for second moments), absmax = max |x|
+// (NaN if any is NaN, as amax), codes of (x·(1/max(absmax, FLT_MIN)))·448.
+template <class T>
+float encode_block8(const T* __restrict values, bool sqrt_domain, int64_t n, uint8_t* __restrict codes) {
+  alignas(64) float x[kBlock];
+  float absmax = 0.0f;
+  int nan = 0;
+#pragma omp simd reduction(max : absmax) reduction(| : nan)
+  for (int64_t i = 0; i < n; ++i) {
+    float v = static_cast<float>(values[i]);
+    v = sqrt_domain ? std::sqrt(v) : v;
+    x[i] = v;
+    const float a = std::fabs(v);
+    nan |= a != a;
+    absmax = std::max(absmax, a);
+  }
+  if (nan) absmax = std::numeric_limits<float>::quiet_NaN();
+  const float clamped = absmax < std::numeric_limits<float>::min() ? std::numeric_limits<float>::min() : absmax;
+  const float inverse = 1.0f / clamped;
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) codes[i] = float_to_e4m3(x[i] * inverse * kCodeMax);
+  return absmax;
+}
+
+// ---------------------------------------------------------------------------------------------
+// e^{−z} beside 1, without libm: 1 + e^{−z} = 1 + 2^{−n}·e^{−r}, n = round(z·log2 e),
+// r = z − n·ln 2 ∈ [−ln2/2, ln2/2], e^{−r} from its Taylor polynomial (degree 7 for float, 13
+// for double: truncation error under 2^−(p+3) relative, p the mantissa bits), 2^{−n} written
+// into the exponent field. Above z = (p + 2)·ln 2, e^{−z} is under a quarter unit of 1, so z is
+// clamped there; below −(bias − 2)·ln 2, 1 + e^{−z} would overflow, and there the logistic is
+// under the smallest normal number, so z is clamped there too. NaN stays NaN.
+
+template <class T>
+struct FloatTraits;
+template <>
+struct FloatTraits<float> {
+  using Bits = uint32_t;
+  using Int = int32_t;
+  static constexpr int kMantissa = 23;
+  static constexpr int kBias = 127;
+  static constexpr int kDegree = 7;
+};
+template <>
+struct FloatTraits<double> {
+  using Bits = uint64_t;
+  using Int = int64_t;
+  static constexpr int kMantissa = 52;
+  static constexpr int kBias = 1023;
+  static constexpr int kDegree = 13;
+};
+
+constexpr double inverse_factorial(int k) {
+  double value = 1.0;
+  for (int i = 2; i <= k; ++i) value /= i;
+  return value;
+}
+
+// Σ_{k ≤ degree} x^k/k!, unrolled at compile time.
+template <class T, int kDegree, int kFrom = kDegree>
+inline T horner(T x) {
+  if constexpr (kFrom == 0) {
+    return static_cast<T>(inverse_factorial(kDegree));
+  } else {
+    constexpr T coefficient = static_cast<T>(inverse_factorial(kDegree - kFrom));
+    return horner<T, kDegree, kFrom - 1>(x) * x + coefficient;
+  }
+}
+
+template <class T>
+inline T one_plus_exp_neg(T z) {
+  using F = FloatTraits<T>;
+  constexpr T kLn2Hi = static_cast<T>(0.693145751953125);  // few bits: n·kLn2Hi is exact
+  constexpr T kLn2Lo = static_cast<T>(1.4286068203094172321e-6);
+  constexpr T kLog2E = static_cast<T>(1.4426950408889634074);
+  constexpr T kHigh = static_cast<T>((F::kMantissa + 2) * 0.6931471805599453);
+  constexpr T kLow = static_cast<T>(-(F::kBias - 2) * 0.6931471805599453);
+  // Adding and subtracting 1.5·2^p rounds to the nearest integer (no -ffast-math here).
+  constexpr T kShifter = static_cast<T>(1.5 * static_cast<double>(typename F::Bits{1} << F::kMantissa));
+  z = z > kHigh ? kHigh : z;
+  z = z < kLow ? kLow : z;
+  const T n = (z * kLog2E + kShifter) - kShifter;
+  const T minus_r = (n * kLn2Hi - z) + n * kLn2Lo;
+  const T taylor = horner<T, F::kDegree>(minus_r);
+  const auto exponent = static_cast<typename F::Bits>(F::kBias) - static_cast<typename F::Bits>(static_cast<typename F::Int>(n));
+  return taylor * bit_cast<T>(exponent << F::kMantissa) + T(1);
+}
+
+// max as torch.maximum: NaN if either is NaN.
+template <class T>
+inline T nan_max(T a, T b) {
+  const T larger = a > b ? a : b;
+  return a != a ? a : larger;
+}
+
+// ---------------------------------------------------------------------------------------------
+// One step's scalars for one tensor (Eq. 13/20), in double, and the element loops.
+
+}  // namespace
+
+extern "C" {
+
+// A parameter group's hyper-parameters and options (one per call).
+struct DgHyper {
+  double lr, beta1, beta2, eps, weight_decay;
+  double grad_factor;  // (−1 if maximize else 1)/AMP scale
+  double friction_slope, friction_scale, friction_shift;
+  double rectify_threshold, adainject_k;
+  int32_t coupled_weight_decay;  // g += λθ (off when the caller passes effective gradients)
+  int32_t decoupled_weight_decay;
+  int32_t amsgrad;
+  int32_t friction_absolute;  // h = |·|
+  int32_t rectify;
+  int32_t rectify_sgd_warmup;  // 1: θ ← θ − α·m̂ while ρ_t is under the threshold; 0: no update
+  int32_t adainject;
+  int32_t cautious;
+  int32_t num_threads;
+  int32_t reserved;
+};
+
+// A parameter's state and layout. Pointers are contiguous arrays of ``numel`` real elements;
+// ``param`` and ``grad`` are passed separately per call (a gradient may be new every step).
+struct DgTensor {
+  void* state[kSlots];     // exp_avg, exp_avg_sq, previous_grad, max_exp_avg_sq, previous_param
+  float* absmax[kSlots];   // per 256-element block, for kBlockwise8 buffers
+  float* step;             // the 0-dim float32 step counter, incremented here
+  int64_t numel;
+  int32_t param_format;    // kFloat32, kFloat64 or kBFloat16; T is double for kFloat64
+  int32_t grad_format;     // the same choices
+  int32_t state_format[kSlots];  // kAbsent, the compute dtype, kBFloat16 or kBlockwise8
+  int32_t reserved;
+};
+
+// Per-tensor values that the caller computes from whole-tensor statistics (or NULL: the
+// defaults 1, the group's slope, 0).
+struct DgTensorScalars {
+  double ratio;   // AdaNorm: first = g·ratio
+  double slope;   // friction slope (DFC3–5: from ν)
+  double offset;  // friction offset (DFC3–5: μ)
+};
+
+}  // extern "C"
+
+namespace {
+
+struct Coefficients {
+  double grad_factor, weight_decay, decay, beta1, lerp1, beta2, lerp2, eps, step_size, momentum_step, inject_scale;
+  double ratio, slope, offset, scale, shift;
+  double cautious_scale;  // N/(Σmask + 1), from the counting pass
+};
+
+// Eq. 13/20 at step t, as diffgrad.optim.functional._coefficients computes them in Python
+// floats (the same libm pow, the same order of operations); the rectification is RAdam's rule
+// (modifiers.rectification).
+Coefficients coefficients_at(const DgHyper& h, double t, const DgTensorScalars* scalars) {
+  Coefficients c{};
+  const double bias_correction1 = 1.0 - std::pow(h.beta1, t);
+  const double bias_correction2_sqrt = std::pow(1.0 - std::pow(h.beta2, t), 0.5);
+  double ratio = 1.0, warm = 0.0;
+  if (h.rectify) {
+    const double rho_inf = 2.0 / (1.0 - h.beta2) - 1.0;
+    const double beta2_t = std::pow(h.beta2, t);
+    const double rho_t = rho_inf - 2.0 * t * beta2_t / (1.0 - beta2_t);
+    if (rho_t >= h.rectify_threshold) {
+      const double ratio_squared = (rho_t - 4.0) * (rho_t - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t);
+      ratio = std::pow(ratio_squared, 0.5);
+    } else {
+      ratio = 0.0;
+      warm = h.rectify_sgd_warmup ? 1.0 : 0.0;
+    }
+  }
+  c.grad_factor = h.grad_factor;
+  c.weight_decay = h.weight_decay;
+  c.decay = h.decoupled_weight_decay ? 1.0 - h.lr * h.weight_decay : 1.0;
+  c.beta1 = h.beta1;
+  c.lerp1 = 1.0 - h.beta1;
+  c.beta2 = h.beta2;
+  c.lerp2 = 1.0 - h.beta2;
+  c.eps = h.eps * bias_correction2_sqrt;
+  c.step_size = h.lr * ratio * bias_correction2_sqrt / bias_correction1;
+  c.momentum_step = h.lr * warm / bias_correction1;
+  c.inject_scale = h.adainject && t > 1.0 ? 1.0 / h.adainject_k : 1.0;
+  c.ratio = scalars ? scalars->ratio : 1.0;
+  c.slope = scalars ? scalars->slope : h.friction_slope;
+  c.offset = scalars ? scalars->offset : 0.0;
+  c.scale = h.friction_scale;
+  c.shift = h.friction_shift;
+  c.cautious_scale = 1.0;
+  return c;
+}
+
+// The same scalars rounded to T once, as the eager path's Python floats become tensor scalars.
+template <class T>
+struct Scalars {
+  T grad_factor, weight_decay, decay, beta1, lerp1, beta2, lerp2, eps, step_size, momentum_step, inject_scale;
+  T ratio, slope, offset, scale, shift, cautious_scale;
+  explicit Scalars(const Coefficients& c)
+      : grad_factor(c.grad_factor), weight_decay(c.weight_decay), decay(c.decay), beta1(c.beta1), lerp1(c.lerp1),
+        beta2(c.beta2), lerp2(c.lerp2), eps(c.eps), step_size(c.step_size), momentum_step(c.momentum_step),
+        inject_scale(c.inject_scale), ratio(c.ratio), slope(c.slope), offset(c.offset), scale(c.scale),
+        shift(c.shift), cautious_scale(c.cautious_scale) {}
+};
+
+// The arrays one block's step works on, all in T (in place, or staged on the stack).
+template <class T>
+struct Block {
+  T* param;
+  const T* grad;
+  T* state[kSlots];
+};
+
+// The default step (friction ξ = sigmoid(slope·|Δg|) with slope ≥ 0, no modifier): ξ enters as
+// the divisor 1 + e^{−z}, so the update takes one division, θ − s_t·m/((sqrt(v) + ε_t)(1 + e^{−z})).
+template <class T, bool kCoupled, bool kAmsgrad>
+void plain_loop(int64_t n, const Scalars<T>& c, const Block<T>& b) {
+  T* __restrict p = b.param;
+  const T* __restrict grad = b.grad;
+  T* __restrict m = b.state[kExpAvg];
+  T* __restrict v = b.state[kExpAvgSq];
+  T* __restrict prev = b.state[kPreviousGrad];
+  T* __restrict vmax = b.state[kMaxExpAvgSq];
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const T theta = p[i];
+    T g = grad[i] * c.grad_factor;
+    if constexpr (kCoupled) g = std::fma(c.weight_decay, theta, g);
+    const T m_t = std::fma(c.beta1, m[i], c.lerp1 * g);       // Eq. 11
+    T v_t = std::fma(c.beta2, v[i], c.lerp2 * (g * g));       // Eq. 12
+    m[i] = m_t;
+    v[i] = v_t;
+    if constexpr (kAmsgrad) {
+      v_t = nan_max(vmax[i], v_t);
+      vmax[i] = v_t;
+    }
+    const T z = std::fabs(prev[i] - g) * c.slope;             // Eq. 17–19
+    prev[i] = g;
+    const T denominator = (std::sqrt(v_t) + c.eps) * one_plus_exp_neg(z);
+    p[i] = theta * c.decay - c.step_size * m_t / denominator;  // Eq. 13, 20
+  }
+}
+
+// Every friction variant and modifier: ξ = scale·sigmoid(z) + shift, z = slope·h(Δg) − offset;
+// AdaNorm's ratio and AdaInject's form on the first moment's input; θ − (ξ·s_t/(sqrt(v) + ε_t)
+// + the rectified warm-up's step)·m, masked as cautious asks. Returns the count of elements
+// whose update agrees in sign with g (cautious masking's Σmask).
+template <class T, bool kAmsgrad, bool kInject>
+int64_t general_loop(int64_t n, const Scalars<T>& c, const DgHyper& h, const Block<T>& b) {
+  T* __restrict p = b.param;
+  const T* __restrict grad = b.grad;
+  T* __restrict m = b.state[kExpAvg];
+  T* __restrict v = b.state[kExpAvgSq];
+  T* __restrict prev = b.state[kPreviousGrad];
+  T* __restrict vmax = b.state[kMaxExpAvgSq];
+  T* __restrict previous_param = b.state[kPreviousParam];
+  const bool coupled = h.coupled_weight_decay, absolute = h.friction_absolute, cautious = h.cautious;
+  int64_t agree = 0;
+#pragma omp simd reduction(+ : agree)
+  for (int64_t i = 0; i < n; ++i) {
+    const T theta = p[i];
+    T g = grad[i] * c.grad_factor;
+    g = coupled ? std::fma(c.weight_decay, theta, g) : g;
+    T first = g * c.ratio;
+    if constexpr (kInject) {
+      // Δθ = θ_{t−1} − θ_t, taken before the step moves θ; θ_{t−1} then takes θ_t.
+      const T change = previous_param[i] - theta;
+      previous_param[i] = theta;
+      first = (first + change * (first * first)) * c.inject_scale;
+    }
+    const T m_t = std::fma(c.beta1, m[i], c.lerp1 * first);   // Eq. 11
+    T v_t = std::fma(c.beta2, v[i], c.lerp2 * (g * g));       // Eq. 12
+    m[i] = m_t;
+    v[i] = v_t;
+    if constexpr (kAmsgrad) {
+      v_t = nan_max(vmax[i], v_t);
+      vmax[i] = v_t;
+    }
+    const T change = prev[i] - g;                             // Eq. 17
+    prev[i] = g;
+    const T z = std::fma(absolute ? std::fabs(change) : change, c.slope, -c.offset);
+    const T xi = std::fma(T(1) / one_plus_exp_neg(z), c.scale, c.shift);  // Eq. 18–19
+    T update = std::fma(xi / (std::sqrt(v_t) + c.eps), c.step_size, c.momentum_step) * m_t;
+    const bool agrees = update * g > T(0);
+    agree += agrees;
+    update = cautious ? update * (agrees ? c.cautious_scale : T(0)) : update;
+    p[i] = theta * c.decay - update;                          // Eq. 13, 20
+  }
+  return agree;
+}
+
+template <class T>
+using PlainLoop = void (*)(int64_t, const Scalars<T>&, const Block<T>&);
+template <class T>
+using GeneralLoop = int64_t (*)(int64_t, const Scalars<T>&, const DgHyper&, const Block<T>&);
+
+// ---------------------------------------------------------------------------------------------
+// Loading and storing one block of a buffer in T.
+
+template <class T>
+constexpr int32_t kComputeFormat = std::is_same_v<T, double> ? kFloat64 : kFloat32;
+
+// The block's values in T: the buffer itself when it holds T (unless ``copy``), else decoded
+// into ``scratch``.
+template <class T>
+T* load_block(int32_t format, void* data, const float* absmax, bool sqrt_domain, int64_t lo, int64_t n, bool copy,
+              T* scratch) {
+  switch (format) {
+    case kBFloat16: {
+      const uint16_t* __restrict src = static_cast<const uint16_t*>(data) + lo;
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) scratch[i] = static_cast<T>(bf16_to_float(src[i]));
+      return scratch;
+    }
+    case kBlockwise8:
+      decode_block8(static_cast<const uint8_t*>(data) + lo, absmax[lo / kBlock], sqrt_domain, n, scratch);
+      return scratch;
+    default: {
+      T* values = static_cast<T*>(data) + lo;
+      if (!copy) return values;
+      std::memcpy(scratch, values, n * sizeof(T));
+      return scratch;
+    }
+  }
+}
+
+// Write a staged block back in its format (buffers in T were updated in place).
+template <class T>
+void store_block(int32_t format, void* data, float* absmax, bool sqrt_domain, int64_t lo, int64_t n,
+                 const T* __restrict values) {
+  if (format == kBFloat16) {
+    uint16_t* __restrict dst = static_cast<uint16_t*>(data) + lo;
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) dst[i] = float_to_bf16(static_cast<float>(values[i]));
+  } else if (format == kBlockwise8) {
+    absmax[lo / kBlock] = encode_block8(values, sqrt_domain, n, static_cast<uint8_t*>(data) + lo);
+  }
+}
+
+enum class Pass { kStep, kCount };
+
+// The step on elements [lo, hi) of one tensor (lo a multiple of kBlock). Pass::kCount only
+// counts cautious masking's agreeing elements: everything is staged and nothing is stored.
+template <class T>
+int64_t step_range(const DgHyper& h, const DgTensor& t, void* param, const void* grad, const Coefficients& coefficients,
+                   int64_t lo, int64_t hi, Pass pass) {
+  const Scalars<T> c(coefficients);
+  const bool count = pass == Pass::kCount;
+  const bool amsgrad = t.state_format[kMaxExpAvgSq] != kAbsent;
+  const bool inject = t.state_format[kPreviousParam] != kAbsent;
+  const bool general = h.rectify || h.cautious || inject || !h.friction_absolute || coefficients.ratio != 1.0 ||
+                       coefficients.scale != 1.0 || coefficients.shift != 0.0 || coefficients.offset != 0.0 ||
+                       !(coefficients.slope >= 0.0);
+  const PlainLoop<T> plain = h.coupled_weight_decay ? (amsgrad ? plain_loop<T, true, true> : plain_loop<T, true, false>)
+                                                   : (amsgrad ? plain_loop<T, false, true> : plain_loop<T, false, false>);
+  const GeneralLoop<T> general_step = amsgrad ? (inject ? general_loop<T, true, true> : general_loop<T, true, false>)
+                                              : (inject ? general_loop<T, false, true> : general_loop<T, false, false>);
+  alignas(64) T scratch[kSlots + 2][kBlock];
+  int64_t agree = 0;
+  for (int64_t i = lo; i < hi; i += kBlock) {
+    const int64_t n = std::min(kBlock, hi - i);
+    Block<T> b{};
+    b.param = load_block<T>(t.param_format, param, nullptr, false, i, n, count, scratch[kSlots]);
+    b.grad = load_block<T>(t.grad_format, const_cast<void*>(grad), nullptr, false, i, n, false, scratch[kSlots + 1]);
+    for (int s = 0; s < kSlots; ++s) {
+      if (t.state_format[s] != kAbsent) {
+        b.state[s] = load_block<T>(t.state_format[s], t.state[s], t.absmax[s], kSqrtDomain[s], i, n, count, scratch[s]);
+      }
+    }
+    if (general) {
+      agree += general_step(n, c, h, b);
+    } else {
+      plain(n, c, b);
+    }
+    if (count) continue;
+    store_block<T>(t.param_format, param, nullptr, false, i, n, b.param);
+    for (int s = 0; s < kSlots; ++s) {
+      store_block<T>(t.state_format[s], t.state[s], t.absmax[s], kSqrtDomain[s], i, n, b.state[s]);
+    }
+  }
+  return agree;
+}
+
+int64_t run_item(const DgHyper& h, const DgTensor& t, void* param, const void* grad, const Coefficients& c, int64_t lo,
+                 int64_t hi, Pass pass) {
+  return t.param_format == kFloat64 ? step_range<double>(h, t, param, grad, c, lo, hi, pass)
+                                    : step_range<float>(h, t, param, grad, c, lo, hi, pass);
+}
+
+struct Item {
+  int64_t tensor, lo, hi;
+};
+
+}  // namespace
+
+extern "C" {
+
+// One step of every tensor: increments each ``step`` counter, then updates parameters and state
+// in place. ``params[i]``/``grads[i]`` are tensor i's contiguous arrays; ``scalars`` is NULL or
+// holds one DgTensorScalars per tensor. The caller skips the call when AMP found non-finite
+// gradients.
+void dg_step(const DgHyper* hyper, const DgTensor* tensors, int64_t count, void* const* params,
+             const void* const* grads, const DgTensorScalars* scalars) {
+  const DgHyper& h = *hyper;
+  std::vector<Coefficients> coefficients(count);
+  std::vector<Item> items;
+  int64_t total = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    const DgTensor& t = tensors[i];
+    *t.step += 1.0f;  // float32, as the eager path's counter
+    coefficients[i] = coefficients_at(h, *t.step, scalars ? scalars + i : nullptr);
+    for (int64_t lo = 0; lo < t.numel; lo += kItemBlocks * kBlock) {
+      items.push_back({i, lo, std::min(t.numel, lo + kItemBlocks * kBlock)});
+    }
+    total += t.numel;
+  }
+  const int64_t n_items = static_cast<int64_t>(items.size());
+  const bool parallel = total >= kSerialNumel && h.num_threads > 1 && n_items > 1;
+  const int threads = std::max(1, h.num_threads);
+  if (h.cautious) {
+    // Cautious masking scales each tensor's update by N/(Σmask + 1): a counting pass first.
+    std::vector<int64_t> agree(count, 0);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (parallel)
+    for (int64_t k = 0; k < n_items; ++k) {
+      const Item& it = items[k];
+      const int64_t n = run_item(h, tensors[it.tensor], params[it.tensor], grads[it.tensor], coefficients[it.tensor],
+                                 it.lo, it.hi, Pass::kCount);
+#pragma omp atomic
+      agree[it.tensor] += n;
+    }
+    for (int64_t i = 0; i < count; ++i) {
+      // N/(Σmask + 1) in T, as the eager path's tensor arithmetic.
+      coefficients[i].cautious_scale =
+          tensors[i].param_format == kFloat64
+              ? static_cast<double>(tensors[i].numel) / (static_cast<double>(agree[i]) + 1.0)
+              : static_cast<double>(static_cast<float>(tensors[i].numel) / (static_cast<float>(agree[i]) + 1.0f));
+    }
+  }
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (parallel)
+  for (int64_t k = 0; k < n_items; ++k) {
+    const Item& it = items[k];
+    run_item(h, tensors[it.tensor], params[it.tensor], grads[it.tensor], coefficients[it.tensor], it.lo, it.hi,
+             Pass::kStep);
+  }
+}
+
+// The codecs on their own, for checking them against torch (diffgrad.optim.state).
+void dg_encode_blockwise8(const float* values, int64_t numel, int32_t sqrt_domain, uint8_t* codes, float* absmax) {
+  for (int64_t lo = 0; lo < numel; lo += kBlock) {
+    absmax[lo / kBlock] = encode_block8(values + lo, sqrt_domain, std::min(kBlock, numel - lo), codes + lo);
+  }
+}
+
+void dg_decode_blockwise8(const uint8_t* codes, const float* absmax, int64_t numel, int32_t sqrt_domain, float* values) {
+  for (int64_t lo = 0; lo < numel; lo += kBlock) {
+    decode_block8(codes + lo, absmax[lo / kBlock], sqrt_domain, std::min(kBlock, numel - lo), values + lo);
+  }
+}
+
+void dg_encode_bfloat16(const float* values, int64_t numel, uint16_t* out) {
+#pragma omp simd
+  for (int64_t i = 0; i < numel; ++i) out[i] = float_to_bf16(values[i]);
+}
+
+}  // extern "C"
