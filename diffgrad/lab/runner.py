@@ -55,7 +55,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from diffgrad.lab.registry import LogUniform, get_optimizer_spec
-from diffgrad.lab.storage import INFO_KEY, RECORD_KEY, RunRecord, StudyInfo, default_storage_url
+from diffgrad.lab.provenance import Provenance, current_provenance
+from diffgrad.lab.storage import INFO_KEY, PROVENANCE_KEY, RECORD_KEY, RunRecord, StudyInfo, default_storage_url
+from diffgrad.lab.storage import check_results_database, error_line, redact_url
 from diffgrad.lab.train import SCHEDULES, train
 from diffgrad.lab.trajectories import record_trajectories
 from diffgrad.lab.workloads.base import Budget, Workload
@@ -299,6 +301,10 @@ def open_storage(
     import sqlalchemy.event
     import sqlalchemy.exc
 
+    try:
+        check_results_database(url, create=True)  # before Optuna creates its tables in someone else's database
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
     sqlite = url.startswith("sqlite")
     # Several processes may share one SQLite file: wait for its lock instead of failing at once,
     # and let _begin_immediate open every transaction (isolation_level None: sqlite3 emits no BEGIN).
@@ -325,7 +331,7 @@ def open_storage(
             race = isinstance(error, (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError)) or (
                 isinstance(error, sqlalchemy.exc.OperationalError) and "already exists" in str(error))
             if not race or attempt == STORAGE_ATTEMPTS:
-                raise ConfigError(f"cannot open storage {url!r}: {str(error).splitlines()[0]}") from error
+                raise ConfigError(f"cannot open storage {redact_url(url)!r}: {error_line(error, url)}") from error
             time.sleep(0.5 * attempt)
     raise AssertionError("unreachable")
 
@@ -375,11 +381,25 @@ def _json(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
+def _note_provenance(study: optuna.Study, provenance: Provenance) -> None:
+    """Add ``provenance`` to the study's list of those that trained in it, and warn when earlier runs
+    were made by another package version, commit or torch version: training goes on, but the
+    study's runs are then not all made by the same code."""
+    seen = [Provenance.from_attr(attr) for attr in study.user_attrs.get(PROVENANCE_KEY, [])]
+    others = sorted({p.code() for p in seen if p.versions != provenance.versions})
+    if others:
+        logger.warning("study %r holds runs made with %s; this process trains with %s, so the study mixes versions",
+                       study.study_name, " and ".join(others), provenance.code())
+    if provenance not in seen:
+        study.set_user_attr(PROVENANCE_KEY, [dataclasses.asdict(p) for p in [*seen, provenance]])
+
+
 class _Objective:
     """Trains one trial of a study: a tune trial (sampled, tuning seed, val) or a final one."""
 
     def __init__(self, plan: StudyPlan, study: optuna.Study, device: str, progress: _Progress) -> None:
         self.plan, self.study, self.device, self.progress = plan, study, device, progress
+        self.provenance_noted = False  # the study's provenance is checked once, at the first run trained
 
     def __call__(self, trial: optuna.Trial) -> float:
         import optuna
@@ -396,6 +416,10 @@ class _Objective:
         sampled = {name: trial.suggest_float(name, d.low, d.high, log=True) for name, d in space.items()}
         hparams = {**self.plan.hparams, **sampled}
         label = f"{self.plan.name} #{trial.number} {phase} seed {seed}"
+        provenance = current_provenance(self.device)
+        if not self.provenance_noted:
+            _note_provenance(self.study, provenance)
+            self.provenance_noted = True
 
         def on_eval(step: int, val_metric: float) -> None:
             trial.report(val_metric, step)
@@ -421,6 +445,7 @@ class _Objective:
             trial_number=trial.number,
             tag=self.plan.tag,
             workload_options=dict(self.plan.workload_options),
+            provenance=provenance,
             **dataclasses.asdict(result),
         )
         trial.set_user_attr(RECORD_KEY, record.to_attr())

@@ -2,20 +2,27 @@
 
 The runner writes one :class:`RunRecord` per finished training run into its trial's user
 attributes (key ``"record"``), and one :class:`StudyInfo` into its study's user attributes (key
-``"info"``). Reports read only these, through :func:`load_records`, so every number in a report
+``"info"``), next to every distinct :class:`~diffgrad.lab.provenance.Provenance` that trained in it
+(key ``"provenance"``). Reports read only these, through :func:`load_records`, so every number in a report
 can be traced back to one trial of one study.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import re
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from diffgrad.lab.provenance import Provenance
+
 RECORD_KEY = "record"
 INFO_KEY = "info"
+PROVENANCE_KEY = "provenance"  # study user attribute: every distinct Provenance that trained in it
 
 
 @dataclass
@@ -66,6 +73,7 @@ class RunRecord:
     diverged: bool
     tag: str = ""
     workload_options: dict[str, Any] = field(default_factory=dict)
+    provenance: Provenance | None = None  # None in databases written before it was recorded
 
     def to_attr(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -73,7 +81,8 @@ class RunRecord:
     @classmethod
     def from_attr(cls, attr: dict[str, Any]) -> RunRecord:
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in attr.items() if k in names})
+        fields = {k: v for k, v in attr.items() if k in names}
+        return cls(**{**fields, "provenance": Provenance.from_attr(fields.get("provenance"))})
 
 
 def default_storage_url(out_dir: str | Path) -> str:
@@ -136,3 +145,98 @@ def load_artifacts(storage_url: str, prefix: str = "") -> dict[str, Any]:
         if summary.study_name == ARTIFACTS_STUDY:
             return {k: v for k, v in sorted(summary.user_attrs.items()) if k.startswith(prefix)}
     return {}
+
+
+def redact_url(storage_url: str) -> str:
+    """The URL without its password, for messages and reports: they must never leak credentials."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(storage_url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):  # not a URL SQLAlchemy can parse: mask what a password would be
+        return re.sub(r"(://[^/:@]*:)[^/@]*@", r"\1***@", storage_url)
+
+
+def error_line(error: BaseException, storage_url: str) -> str:
+    """The first line of ``error``'s message with the URL's password masked (drivers and SQLAlchemy
+    may quote the URL they were given)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    line = (str(error).splitlines() or [type(error).__name__])[0]
+    try:
+        password = make_url(storage_url).password
+    except (ArgumentError, ValueError):  # an unparsable URL: mask its password by pattern instead
+        return line.replace(storage_url, redact_url(storage_url))
+    return line.replace(str(password), "***") if password else line
+
+
+def check_results_database(storage_url: str, *, create: bool = False) -> None:
+    """Raise ValueError unless ``storage_url`` is an Optuna results database, looking without writing.
+
+    Optuna's storage creates its tables in whatever database it opens, so a mistyped path would
+    alter an unrelated SQLite file: this check comes first. An SQLite file is opened read-only;
+    another database is only inspected. With ``create``, a database that does not exist yet or has
+    no tables (or only some of Optuna's, while another worker is creating them) is accepted too.
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+    try:
+        url = make_url(storage_url)
+    except (ArgumentError, ValueError) as error:
+        raise ValueError(f"cannot read storage URL {redact_url(storage_url)!r}: "
+                         f"{error_line(error, storage_url)}") from error
+    sqlite = url.get_backend_name() == "sqlite"
+    where = f"{url.database}" if sqlite else redact_url(storage_url)
+    try:
+        tables = _sqlite_tables(url.database) if sqlite else _tables(url)
+    except (SQLAlchemyError, ImportError) as error:  # no server there, wrong credentials, no driver
+        raise ValueError(f"cannot open storage {where!r}: {error_line(error, storage_url)}") from error
+    if tables is None:
+        if not create:
+            raise ValueError(f"no results database at {where}")
+        return
+    optuna_tables = _optuna_tables()
+    foreign = sorted(tables - optuna_tables)
+    if foreign:
+        raise ValueError(f"{where} is not a results database: it holds other tables ({', '.join(foreign[:5])}"
+                         f"{', ...' if len(foreign) > 5 else ''})")
+    if not create and tables != optuna_tables:
+        raise ValueError(f"{where} is not a results database: Optuna's tables are "
+                         f"{'missing' if not tables else 'incomplete'}")
+
+
+def _optuna_tables() -> set[str]:
+    # What optuna.storages.RDBStorage creates: its models' tables and alembic's version table.
+    from optuna.storages._rdb.models import BaseModel
+
+    return {*BaseModel.metadata.tables, "alembic_version"}
+
+
+def _sqlite_tables(database: str | None) -> set[str] | None:
+    """The tables of an SQLite file, read through a read-only connection; None if there is no file."""
+    if not database or database == ":memory:":
+        return None
+    path = Path(database)
+    if not path.exists():
+        return None
+    if not path.is_file():
+        raise ValueError(f"{path} is not a file")
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            return {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error as error:  # "file is not a database", unreadable, ...
+        raise ValueError(f"{path} is not a results database: {error}") from error
+
+
+def _tables(url: Any) -> set[str] | None:
+    """The tables of a server database (inspection only, no DDL); None if it has none."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url)
+    try:
+        return set(sqlalchemy.inspect(engine).get_table_names()) or None
+    finally:
+        engine.dispose()
