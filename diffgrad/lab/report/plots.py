@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .stats import Profile
+from .stats import Profile, divergence_index
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -108,6 +108,7 @@ class Panel:
     logx: bool = False
     logx_base: int = 10
     logy: bool = False
+    xlim: tuple[float, float] | None = None
     ylim: tuple[float, float] | None = None
     hline: float | None = None
     hline_label: str = ""
@@ -155,6 +156,8 @@ def _draw_panel(ax: Axes, panel: Panel) -> None:
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     if panel.logy:
         ax.set_yscale("log")
+    if panel.xlim is not None:
+        ax.set_xlim(*panel.xlim)
     if panel.ylim is not None:
         ax.set_ylim(*panel.ylim)
     ax.set_xlabel(panel.xlabel)
@@ -252,12 +255,79 @@ def _evaluate(fn: Callable[[Any], Any], points: np.ndarray) -> np.ndarray:
     return fn(torch.as_tensor(points, dtype=torch.float64)).detach().cpu().numpy()
 
 
+@dataclass(frozen=True)
+class _Path:
+    """One optimizer's trajectory up to its last finite iterate, and where it left the finite range."""
+
+    name: str
+    xs: np.ndarray  # (T, dim): the finite iterates
+    losses: np.ndarray  # (T,)
+    diverged_at: int | None  # first iteration with a non-finite parameter or loss; None if none
+
+    @classmethod
+    def of(cls, name: str, xs: Sequence[float] | np.ndarray, losses: Sequence[float] | np.ndarray) -> _Path:
+        points, values = np.asarray(xs, dtype=float).reshape(len(xs), -1), np.asarray(losses, dtype=float)
+        end = divergence_index(points, values)
+        return cls(name, points[:end], values[:end], end)
+
+    @property
+    def label(self) -> str:
+        return self.name if self.diverged_at is None else f"{self.name} (diverged at iteration {self.diverged_at})"
+
+
+def _view_box(
+    paths: Sequence[_Path], domain: Sequence[tuple[float, float]] | None, margin: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lower and upper corners of the region to draw: the finite iterates of the paths that stayed
+    finite, widened by ``margin`` of their range (1 where they do not move).
+
+    A diverged path's last finite iterates are typically astronomically far out, so they would shrink
+    every other path to a dot: they count only when no path stayed finite and no ``domain`` (the
+    function's plotting box) is given.
+    """
+    dim = paths[0].xs.shape[1]
+    stable = [p.xs for p in paths if p.diverged_at is None and len(p.xs)]
+    if not stable and domain is not None:
+        return np.array([lo for lo, _ in domain], dtype=float), np.array([hi for _, hi in domain], dtype=float)
+    points = np.concatenate(stable or [*(p.xs for p in paths), np.zeros((0, dim))])
+    if not len(points):  # not even a finite starting point: any box will do
+        points = np.zeros((1, dim))
+    lo, hi = points.min(axis=0), points.max(axis=0)
+    pad = np.where(hi > lo, margin * (hi - lo), 1.0)
+    return lo - pad, hi + pad
+
+
+_MAX_DRAWN = 1e300  # matplotlib's log axis overflows computing its ticks near the largest float
+
+
+def _padded(values: np.ndarray, log: bool) -> tuple[float, float]:
+    """Limits around ``values`` (finite, positive when ``log``) with a little room on both sides."""
+    lo, hi = float(values.min()), float(values.max())
+    if log:
+        return lo / 2, hi * 2
+    pad = 0.05 * (hi - lo) or 1.0
+    return lo - pad, hi + pad
+
+
+def _loss_limits(paths: Sequence[_Path], log: bool) -> tuple[float, float] | None:
+    """y-limits of the loss panel once a path diverged: the stable paths' range, since a diverged path's
+    last finite losses are astronomically large; every path's (up to :data:`_MAX_DRAWN`) when none is
+    stable. ``None`` (matplotlib's own limits) when nothing diverged."""
+    if all(p.diverged_at is None for p in paths):
+        return None
+    stable = [p.losses for p in paths if p.diverged_at is None]
+    values = np.concatenate([*(stable or [p.losses for p in paths]), np.zeros(0)])
+    values = values[(np.abs(values) < _MAX_DRAWN) & ((values > 0) if log else True)]
+    return _padded(values, log) if values.size else (1.0, 10.0)
+
+
 def plot_trajectories(
     fn_name: str,
     curves: Mapping[str, tuple[Sequence[float] | np.ndarray, Sequence[float] | np.ndarray]],
     path: str | Path,
     *,
     fn: Callable[[Any], Any] | None = None,
+    domain: Sequence[tuple[float, float]] | None = None,
 ) -> Path:
     """Paths of optimizers on an analytic function: ``curves = {optimizer: (xs, losses)}``.
 
@@ -266,44 +336,61 @@ def plot_trajectories(
     when ``fn`` is given. 2-D: the paths over the function's contours (when ``fn`` is given) and
     loss against iteration. ``fn`` maps a float64 tensor of points shaped ``[..., dim]`` to the
     values ``[...]``, as :mod:`diffgrad.lab.workloads.analytic`'s functions do.
+
+    A path that diverges (a parameter or the loss stops being finite) is drawn up to its last finite
+    iterate, ending in a cross, and its legend says at which iteration it diverged. The region drawn
+    is the one the other paths visited, or ``domain`` (``(low, high)`` per coordinate, the function's
+    plotting box) when every path diverged.
     """
     colors = optimizer_colors(curves)
-    items = sorted(curves.items())
-    paths = {name: np.asarray(xs, dtype=float).reshape(len(xs), -1) for name, (xs, _) in items}
-    dims = {p.shape[1] for p in paths.values()}
+    paths = [_Path.of(name, xs, ys) for name, (xs, ys) in sorted(curves.items())]
+    dims = {p.xs.shape[1] for p in paths}
     if len(dims) != 1 or not dims <= {1, 2}:
         raise ValueError(f"all trajectories must be 1-D or all 2-D, got dimensions {sorted(dims)}")
-    losses = [Line(name, np.arange(len(ys)), ys, color=colors[name]) for name, (_, ys) in items]
-    loss_panel = Panel(losses, "iteration", "loss", logy=_wants_log(l.y for l in losses), legend=False)
+    (dim,) = dims
+    if domain is not None and len(domain) != dim:
+        raise ValueError(f"domain must give one (low, high) per coordinate, got {list(domain)}")
+    diverged = any(p.diverged_at is not None for p in paths)
+    ends = [Line("", [len(p.losses) - 1], p.losses[-1:], color=colors[p.name], marker="x", linestyle="none")
+            for p in paths if p.diverged_at is not None and len(p.losses)]
+    losses = [Line(p.label, np.arange(len(p.losses)), p.losses, color=colors[p.name]) for p in paths]
+    log = _wants_log(l.y for l in losses)
+    loss_panel = Panel([*losses, *ends], "iteration", "loss", logy=log, ylim=_loss_limits(paths, log), legend=False)
     title = f"{fn_name}: optimizer trajectories"
-    if dims == {1}:
-        thetas = [Line(name, np.arange(len(p)), p[:, 0], color=colors[name]) for name, p in paths.items()]
-        panels = [Panel(thetas, "iteration", "θ"), loss_panel]
+    if dim == 1:
+        lo, hi = (float(v[0]) for v in _view_box(paths, domain, 0.15))
+        view = (lo, hi) if diverged else None  # else the default view, which shows every iterate anyway
+        thetas = [Line(p.label, np.arange(len(p.xs)), p.xs[:, 0], color=colors[p.name]) for p in paths]
+        panels = [Panel(thetas, "iteration", "θ", ylim=view), loss_panel]
         if fn is not None:
-            visited = np.concatenate(list(paths.values()))[:, 0]
-            lo, hi = visited.min(), visited.max()
-            margin = 0.15 * (hi - lo) or 1.0
-            grid = np.linspace(lo - margin, hi + margin, 400)
-            on_fn = [Line(fn_name, grid, _evaluate(fn, grid[:, None]), color="black")]
-            on_fn += [Line(name, p[:, 0], ys, color=colors[name], marker=".", linestyle="none")
-                      for (name, (_, ys)), p in zip(items, paths.values())]
-            panels.append(Panel(on_fn, "θ", fn_name, legend=False))
+            grid = np.linspace(lo, hi, 400)
+            values = _evaluate(fn, grid[:, None])
+            on_fn = [Line(fn_name, grid, values, color="black")]
+            on_fn += [Line(p.name, p.xs[:, 0], p.losses, color=colors[p.name], marker=".", linestyle="none")
+                      for p in paths]
+            finite_values = values[np.isfinite(values)]
+            fn_view = _padded(finite_values, False) if diverged and finite_values.size else None
+            panels.append(Panel(on_fn, "θ", fn_name, xlim=view, ylim=fn_view, legend=False))
         return plot_panels(panels, path, title=title)
     fig, (ax_path, ax_loss) = _figure(2, title)
+    lo, hi = _view_box(paths, domain, 0.2)
     if fn is not None:
-        visited = np.concatenate(list(paths.values()))
-        lo, hi = visited.min(axis=0), visited.max(axis=0)
-        margin = np.where(hi > lo, 0.2 * (hi - lo), 1.0)
-        gx, gy = np.meshgrid(*(np.linspace(lo[i] - margin[i], hi[i] + margin[i], 160) for i in range(2)))
+        gx, gy = np.meshgrid(*(np.linspace(lo[i], hi[i], 160) for i in range(2)))
         z = _evaluate(fn, np.stack([gx, gy], axis=-1))
-        # Quantile levels spread the contours evenly whatever the function's range (e.g. Rosenbrock).
-        levels = np.unique(np.quantile(z[np.isfinite(z)], np.linspace(0.0, 1.0, 25)))
-        ax_path.contour(gx, gy, z, levels=levels, cmap="Greys", linewidths=0.6)
-    for name, p in paths.items():
-        ax_path.plot(p[:, 0], p[:, 1], color=colors[name], linewidth=1.2, label=name)
-        ax_path.plot(p[-1, 0], p[-1, 1], color=colors[name], marker="*", markersize=10)
-    first = next(iter(paths.values()))
-    ax_path.plot(first[0, 0], first[0, 1], color="black", marker="o", label="start")
+        finite_z = z[np.isfinite(z)]
+        if finite_z.size:
+            # Quantile levels spread the contours evenly whatever the function's range (e.g. Rosenbrock).
+            levels = np.unique(np.quantile(finite_z, np.linspace(0.0, 1.0, 25)))
+            ax_path.contour(gx, gy, z, levels=levels, cmap="Greys", linewidths=0.6)
+    for p in (p for p in paths if len(p.xs)):
+        ax_path.plot(p.xs[:, 0], p.xs[:, 1], color=colors[p.name], linewidth=1.2, label=p.label)
+        ax_path.plot(p.xs[-1, 0], p.xs[-1, 1], color=colors[p.name], marker="*" if p.diverged_at is None else "x",
+                     markersize=10)
+    start = next((p.xs[0] for p in paths if len(p.xs)), None)
+    if start is not None:
+        ax_path.plot(start[0], start[1], color="black", marker="o", label="start")
+    ax_path.set_xlim(lo[0], hi[0])
+    ax_path.set_ylim(lo[1], hi[1])
     ax_path.set_xlabel("θ₁")
     ax_path.set_ylabel("θ₂")
     ax_path.legend(fontsize=8)

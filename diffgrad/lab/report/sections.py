@@ -22,6 +22,7 @@ from .stats import (
     MeanCI,
     aggregate_curves,
     lr_sensitivity,
+    divergence_index,
     mean_ci,
     performance_profile,
     regret_profile,
@@ -49,6 +50,11 @@ class Cell:
     def label(self) -> str:
         """The name used for this optimizer/protocol pair in legends and across workloads."""
         return f"{self.optimizer} ({self.protocol})"
+
+    @property
+    def runs(self) -> tuple[RunRecord, ...]:
+        """Every finished run of the study, final and tuning."""
+        return (*self.final, *self.tune)
 
 
 @dataclass(frozen=True)
@@ -157,6 +163,26 @@ def fmt_ci(ci: MeanCI) -> str:
     return f"{fmt(ci.mean)} ± {fmt(ci.half_width)}"
 
 
+def diverged(record: RunRecord) -> bool:
+    """Whether a run left the finite range: flagged by the runner, or holding a non-finite loss or
+    metric (records written by other tools need not set the flag)."""
+    values = (*record.val_metric, *record.val_loss, *record.train_loss, record.final_val_metric)
+    return record.diverged or not all(math.isfinite(v) for v in values)
+
+
+def _diverged_note(cells: Sequence[Cell]) -> str:
+    """A bullet per study with diverged final runs (their seeds and trials), or "" when none diverged."""
+    lines = []
+    for c in cells:
+        runs = [r for r in c.final if diverged(r)]
+        if runs:
+            seeds = ", ".join(str(r.seed) for r in runs)
+            lines.append(f"- {c.label}: {len(runs)} of {len(c.final)} diverged "
+                         f"(seed{'s' if len(runs) > 1 else ''} {seeds}; {source(c.study, runs)})")
+    return "**Diverged runs** (left out of the means; their curves stop where they diverged):\n\n" + "\n".join(
+        lines) if lines else ""
+
+
 def fmt_steps(x: float) -> str:
     return f"{x:.10g}" if math.isfinite(x) else "not reached"
 
@@ -240,13 +266,18 @@ def overview_sections(results: Results, storage_url: str | None = None) -> list[
     lines = []
     if storage_url is not None:
         lines.append(f"Database: `{redact_url(storage_url)}`.")
+    n_diverged = sum(diverged(r) for c in cells for r in c.runs)
     lines.append(f"{len(cells)} studies on {len({p.workload for p in results.problems})} workloads; "
-                 f"{n_final} final runs and {n_tune} tuning runs.")
+                 f"{n_final} final runs and {n_tune} tuning runs"
+                 + (f", of which {n_diverged} diverged (marked as such below)." if n_diverged else "."))
+    runs = [r for c in cells for r in c.runs]
+    if runs:
+        lines.append(provenance_summary(runs))
     method = [
         "- **Final metric**: mean over the seeds of the *final* phase (the chosen setting re-run with "
         "fresh seeds) with a 95 % Student-t confidence interval, on the test split, or on validation where "
-        "a study stored no test score (column *split*). Non-finite values are left out; *diverged* counts "
-        "the runs the runner flagged. The best mean is in bold; it is better than another only where "
+        "a study stored no test score (column *split*). Diverged runs (a non-finite loss or metric) are "
+        "left out of the means and counted in the column *diverged*. The best mean is in bold; it is better than another only where "
         "the two CIs are apart.",
         "- **Steps to target**: the runner's first evaluation whose validation metric met the workload's "
         "target; median over all seeds, a seed that never reached counting as infinitely slow, so a median "
@@ -276,21 +307,26 @@ def summary_sections(results: Results) -> list[Section]:
         rows = []
         for c in problem.finished:
             split, ci = scores[c.study]
+            n_diverged = sum(diverged(r) for r in c.final)
             shown = fmt_ci(ci) + (f" (n={ci.n})" if 1 < ci.n < len(c.final) else "")
+            if ci.n == 0 and n_diverged == len(c.final):
+                shown = "all diverged"
             steps = target_summary([r.steps_to_target for r in c.final])
             rows.append([
                 c.optimizer, c.protocol, _hparams(c.final), len({r.seed for r in c.final}), split,
                 f"**{shown}**" if c.study == best else shown,
                 f"{fmt_steps(steps.median)} ({steps.reached}/{steps.n})",
                 f"{fmt(mean_ci(r.total_wall_time for r in c.final).mean, 3)} s",
-                sum(r.diverged for r in c.final),
+                f"{n_diverged}/{len(c.final)}",
                 source(c.study, c.final),
             ])
         table = format_table(
             ["optimizer", "protocol", "hyper-parameters", "seeds", "split", f"{metric}{_direction(problem.info)} "
              "(mean ± 95% CI)", "steps to target (median, reached)", "wall time (mean)", "diverged", "source"],
             rows, align="lllrlrrrrl")
-        out.append(Section(problem.name, _problem_header(problem) + "\n\n" + table, level=3))
+        note = _diverged_note(problem.finished)
+        out.append(Section(problem.name, _problem_header(problem) + "\n\n" + table + (f"\n\n{note}" if note else ""),
+                           level=3))
     return out
 
 
@@ -305,16 +341,19 @@ def _best_study(means: dict[str, float], info: StudyInfo | None) -> str | None:
 def learning_curve_sections(results: Results, plot_dir: str | Path) -> list[Section]:
     """Per workload: validation metric and training loss against steps, final-phase seeds."""
     problems = _problems_with(results, "final")
-    out = [Section("Learning curves", "Mean ± 1 std over the seeds of the final phase."
+    out = [Section("Learning curves", "Mean ± 1 std over the seeds of the final phase; a seed "
+                   "that diverged leaves the band where it stopped (the legend counts such seeds)."
                    if problems else "No final runs in the database.")]
     colors = results.colors()
     for problem in problems:
         metric_lines, loss_lines = [], []
         for c in problem.finished:
+            n_diverged = sum(diverged(r) for r in c.final)
+            label = f"{c.label}, {n_diverged}/{len(c.final)} diverged" if n_diverged else c.label
             for curves, lines in (([(r.steps, r.val_metric) for r in c.final], metric_lines),
                                   ([(r.steps, r.train_loss) for r in c.final], loss_lines)):
                 band = aggregate_curves(curves)
-                lines.append(plots.Line(c.label, band.x, band.mean, band=(band.lo, band.hi), **_style(c, colors)))
+                lines.append(plots.Line(label, band.x, band.mean, band=(band.lo, band.hi), **_style(c, colors)))
         info = problem.info
         path = plots.plot_learning_curves(
             metric_lines, loss_lines, Path(plot_dir) / f"curves_{problem.slug}.png", title=problem.name,
@@ -327,7 +366,7 @@ def lr_sensitivity_sections(results: Results, plot_dir: str | Path) -> list[Sect
     """Per workload: final validation metric of each tuning run against its learning rate."""
     problems = _problems_with(results, "tune")
     out = [Section("Learning-rate sensitivity", f"Tuning runs (phase `{TUNE}`), scored on validation; "
-                   "a cross on the axis marks a run whose final metric was not finite."
+                   "a cross on the axis marks a run that diverged (its final metric is not finite)."
                    if problems else "No tuning runs in the database.")]
     colors = results.colors()
     for problem in problems:
@@ -339,7 +378,7 @@ def lr_sensitivity_sections(results: Results, plot_dir: str | Path) -> list[Sect
             style = _style(c, colors)
             lines.append(plots.Line(c.label, sens.lr, sens.mean, marker="o", **style))
             if sens.failed_lr.size:
-                lines.append(plots.Line(f"{c.label}: not finite", sens.failed_lr, (), marker="x", on_axis=True,
+                lines.append(plots.Line(f"{c.label}: diverged", sens.failed_lr, (), marker="x", on_axis=True,
                                         color=style["color"]))
             ranked = [r for r in with_lr if math.isfinite(r.final_val_metric)]
             best = (max if info is None or info.higher_is_better else min)(
@@ -358,7 +397,7 @@ def lr_sensitivity_sections(results: Results, plot_dir: str | Path) -> list[Sect
         path = plots.plot_lr_sensitivity(lines, Path(plot_dir) / f"lr_{problem.slug}.png", title=problem.name,
                                          metric_name=metric)
         table = format_table(["optimizer", "protocol", "tuning runs", f"{LR_KEY} range", f"best {LR_KEY}",
-                              f"best val {metric}", "best trial", "not finite or no lr", "source"],
+                              f"best val {metric}", "best trial", "diverged or no lr", "source"],
                              rows, align="llrlrrlrl")
         out.append(Section(problem.name, table, images=[Image(path, f"Learning-rate sensitivity on {problem.name}")],
                            level=3))
@@ -442,13 +481,67 @@ def trajectory_sections(
         groups[(t["function"], t["steps"], setting)][t["optimizer"]] = (t["xs"], t["losses"])
     if not groups:
         return []
-    images = []
+    images, gone = [], []
     for (function, steps, setting), curves in sorted(groups.items()):
         suffix = re.sub(r"[^a-z0-9]+", "-", f"{function}-{steps}-{setting}".lower()).strip("-")
+        known = FUNCTIONS.get(function)
         path = plots.plot_trajectories(function, curves, Path(plot_dir) / f"{slug}_{suffix}.png",
-                                       fn=FUNCTIONS[function].f if function in FUNCTIONS else None)
+                                       fn=known.f if known else None, domain=known.domain if known else None)
         images.append(Image(path, f"{function}: {steps} steps, {setting}"))
+        gone += [f"- `{optimizer}` on {function} ({steps} steps, {setting}): diverged at iteration {at}"
+                 for optimizer, (xs, losses) in sorted(curves.items())
+                 if (at := divergence_index(xs, losses)) is not None]
+    if gone:
+        note += ("\n\nDiverged (a parameter or the loss stopped being finite; drawn up to the last finite "
+                 "iterate, ending in a cross):\n\n" + "\n".join(gone))
     return [Section(title, note, images)]
+
+
+UNKNOWN_PROVENANCE = "unknown (runs stored before provenance was recorded)"
+
+
+def _code(record: RunRecord) -> str:
+    return record.provenance.code() if record.provenance else UNKNOWN_PROVENANCE
+
+
+def _mixed_studies(records: Iterable[RunRecord]) -> dict[str, list[str]]:
+    """The studies whose runs were made by more than one package version, commit or torch version
+    (runs of unknown provenance among known ones count too), with the versions in words."""
+    versions: dict[str, dict[object, str]] = defaultdict(dict)
+    for r in records:
+        versions[r.study].setdefault(r.provenance.versions if r.provenance else None, _code(r))
+    return {study: sorted(codes.values()) for study, codes in sorted(versions.items()) if len(codes) > 1}
+
+
+def provenance_summary(records: Sequence[RunRecord]) -> str:
+    """One paragraph for the top of a report: which code made the runs, and a warning where a study mixes versions."""
+    text = "Made with " + "; ".join(sorted({_code(r) for r in records})) + " (details under *Provenance*)."
+    mixed = _mixed_studies(records)
+    if mixed:
+        text += (f" **Warning:** {len(mixed)} {'study mixes' if len(mixed) == 1 else 'studies mix'} runs of "
+                 "different package, commit or torch versions.")
+    return text
+
+
+def provenance_sections(records: Sequence[RunRecord]) -> list[Section]:
+    """Which code and machine made the runs: one line per group of studies with the same provenance,
+    and a warning line for each study whose runs were made by different versions."""
+    if not records:
+        return []
+    by_study: dict[str, set[str]] = defaultdict(set)
+    for r in records:
+        by_study[r.study].add(r.provenance.describe() if r.provenance else UNKNOWN_PROVENANCE)
+    groups: dict[tuple[str, ...], list[str]] = defaultdict(list)
+    for study, described in sorted(by_study.items()):
+        groups[tuple(sorted(described))].append(study)
+    lines = [f"- {' + '.join(described)}: {', '.join(f'`{s}`' for s in studies)}"
+             for described, studies in sorted(groups.items())]
+    warnings = [f"**Warning:** `{study}` mixes versions: {' and '.join(codes)}."
+                for study, codes in _mixed_studies(records).items()]
+    text = ("Package version, git commit (*dirty*: with uncommitted changes), torch and Python versions, "
+            "device and its model, and torch threads, as stored with each run; studies with the same "
+            "provenance share a line.\n\n" + "\n".join(lines) + "".join(f"\n\n{w}" for w in warnings))
+    return [Section("Provenance", text)]
 
 
 def build_sections(results: Results, plot_dir: str | Path, *, storage_url: str | None = None) -> list[Section]:
@@ -462,6 +555,7 @@ def build_sections(results: Results, plot_dir: str | Path, *, storage_url: str |
         *performance_profile_sections(results, plot_dir),
         *(trajectory_sections(list(load_artifacts(storage_url, "trajectory/").values()), plot_dir)
           if storage_url else []),
+        *provenance_sections([r for c in results.cells for r in c.runs]),
     ]
 
 

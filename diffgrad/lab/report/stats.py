@@ -239,3 +239,14 @@ def lr_sensitivity(points: Iterable[tuple[float, float]]) -> Sensitivity:
     lrs, inverse, counts = np.unique(pairs[ok, 0], return_inverse=True, return_counts=True)
     sums = np.bincount(inverse, weights=pairs[ok, 1], minlength=lrs.size)
     return Sensitivity(lrs, sums / np.maximum(counts, 1), counts, np.sort(pairs[~ok, 0]))
+
+
+def divergence_index(xs: Sequence[Sequence[float]] | np.ndarray, losses: Sequence[float] | np.ndarray) -> int | None:
+    """The first iteration of a trajectory whose parameters ``xs[i]`` or loss ``losses[i]`` are not
+    finite; ``None`` when the whole path stays finite."""
+    points = np.asarray(xs, dtype=float).reshape(len(xs), -1)
+    values = np.asarray(losses, dtype=float)
+    if len(points) != len(values):
+        raise ValueError(f"a trajectory needs one loss per iterate, got {len(points)} iterates and {len(values)} losses")
+    bad = ~(np.isfinite(points).all(axis=1) & np.isfinite(values))
+    return int(bad.argmax()) if bad.any() else None
