@@ -192,6 +192,12 @@ def _buffer_format(buffer: StateBuffer | None, compute: torch.dtype) -> int | No
     return _FORMATS[real.dtype]
 
 
+def _contiguous_copy(t: Tensor, dtype: torch.dtype) -> Tensor:
+    # Not t.to(dtype, memory_format=torch.contiguous_format): for a view_as_real of a
+    # non-contiguous complex tensor, torch 2.13 returns the same strides.
+    return torch.empty(t.shape, dtype=dtype).copy_(t)
+
+
 def _compute_dtype(param: Tensor) -> torch.dtype:
     dtype = param.real.dtype if param.is_complex() else param.dtype
     return torch.float64 if dtype == torch.float64 else torch.float32
@@ -237,7 +243,7 @@ def _staged(param: Tensor, buffers: Sequence[StateBuffer | None], step: Tensor) 
         real = _real(t)
         if real.is_contiguous() and real.dtype == dtype:
             return real
-        copy = real.to(dtype, memory_format=torch.contiguous_format, copy=True)
+        copy = _contiguous_copy(real, dtype)
         write_back.append((real, copy))
         return copy
 
@@ -260,7 +266,7 @@ def _grad_for(param: Tensor, grad: Tensor) -> Tensor:
     real = _real(grad)
     if real.is_contiguous() and real.dtype in (param.dtype, _compute_dtype(param)):
         return real
-    return real.to(_compute_dtype(param), memory_format=torch.contiguous_format)
+    return _contiguous_copy(real, _compute_dtype(param))
 
 
 def _effective_grad(
