@@ -52,3 +52,17 @@ MODIFIER_SETS: dict[str, dict] = {
 }
 
 STATE_DTYPES = [None, torch.bfloat16, "8bit"]
+
+# State buffers that hold second moments (stored as sqrt(v) when 8-bit).
+SQRT_DOMAIN_KEYS = ("exp_avg_sq", "max_exp_avg_sq")
+
+
+def decoded_state(state: dict, key: str, param: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The buffer ``key`` of a parameter's ``state`` decoded to ``dtype``, flat in element order,
+    whatever its format (plain, bfloat16, or 8-bit codes with ``key + "_absmax"``)."""
+    from diffgrad.optim.state import get_buffer, load, real_numel
+
+    values, _ = load(
+        get_buffer(state, key), (0, real_numel(param)), dtype, copy=True, sqrt_domain=key in SQRT_DOMAIN_KEYS
+    )
+    return values
