@@ -189,7 +189,7 @@ def check_results_database(storage_url: str, *, create: bool = False) -> None:
         raise ValueError(f"cannot read storage URL {redact_url(storage_url)!r}: "
                          f"{error_line(error, storage_url)}") from error
     sqlite = url.get_backend_name() == "sqlite"
-    where = f"{url.database}" if sqlite else redact_url(storage_url)
+    where = str(url.database or storage_url) if sqlite else redact_url(storage_url)
     try:
         tables = _sqlite_tables(url.database) if sqlite else _tables(url)
     except (SQLAlchemyError, ImportError) as error:  # no server there, wrong credentials, no driver

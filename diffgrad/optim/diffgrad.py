@@ -245,8 +245,8 @@ class DiffGrad(Optimizer):
                 raise RuntimeError("DiffGrad does not support sparse gradients; got a sparse grad")
             state = self.state[p]
             if not state:
-                if fused and not torch.is_floating_point(p):
-                    raise RuntimeError(f"DiffGrad(fused=True) needs floating-point parameters; got {p.dtype}")
+                if fused and not (torch.is_floating_point(p) or p.is_complex()):
+                    raise RuntimeError(f"DiffGrad(fused=True) needs floating-point or complex parameters; got {p.dtype}")
                 state["step"] = torch.tensor(0.0, dtype=torch.float32)
                 for key in STATE_KEYS[1:]:
                     self._set_buffer(state, key, new_buffer(p, state_dtype))

@@ -178,7 +178,7 @@ def _single_tensor_diffgrad(
     for i, param in enumerate(params):
         exp_avg, exp_avg_sq, previous_grad, step_t = exp_avgs[i], exp_avg_sqs[i], previous_grads[i], state_steps[i]
         step_t += 1
-        step = _get_value(step_t)
+        step = _step_value(step_t)
 
         # g_t: unscaled (AMP), negated (maximize), centralised, with coupled decay; a new tensor
         # wherever it differs from the caller's .grad, which is only read.
@@ -256,7 +256,7 @@ def _multi_tensor_diffgrad(
         device_exp_grad_norms,
     ), _ in grouped.values():
         torch._foreach_add_(device_state_steps, 1)
-        steps = [_get_value(step_t) for step_t in device_state_steps]
+        steps = [_step_value(step_t) for step_t in device_state_steps]
 
         grad = device_grads if grad_factor == 1.0 else torch._foreach_mul(device_grads, grad_factor)
         if modifiers.centralize:
@@ -302,6 +302,12 @@ def _multi_tensor_diffgrad(
                 cautious_(update, g)
         torch._foreach_mul_(updates, [lr / bc for bc in bias_correction1])  # Eq. 20
         torch._foreach_sub_(device_params, updates)
+
+
+def _step_value(step_t: Tensor) -> float | Tensor:
+    """t as a Python float; under ``torch.compile``, where reading it would break the graph, as a
+    float64 0-dim tensor, so that β^t is as exact as with the float."""
+    return step_t.to(torch.float64) if torch.compiler.is_compiling() else step_t.item()
 
 
 def _foreach_copy_(targets: list[Tensor], sources: list[Tensor]) -> None:

@@ -89,7 +89,7 @@ def adainject_scale(step: float | Tensor, k: float) -> float | Tensor:
     """AdaInject's factor at step t: 1/k for t > 1, and 1 at t = 1, where Δθ = 0 (the previous
     parameters start as the parameters), so the first step takes plain s_1."""
     if isinstance(step, Tensor):
-        return torch.where(step > 1, 1.0 / k, 1.0)
+        return torch.where(step > 1, torch.full_like(step, 1.0 / k), torch.ones_like(step))
     return 1.0 / k if step > 1 else 1.0
 
 

@@ -92,7 +92,7 @@ def test_friction_on_uneven_shards_equals_the_unsharded_value(friction_results, 
     for result in friction_results:
         xis = unwrap(result[(name, path)], f"{path} friction {name}")
         for xi, g, prev in zip(xis, grads, prevs):
-            unsharded = friction_(get_friction(name), prev - g, g)
+            (unsharded,) = friction_(get_friction(name), [prev - g], [g])
             torch.testing.assert_close(xi, unsharded, rtol=1e-13, atol=1e-15)
             # and the independent reference, element by element, with whole-tensor μ, ν
             a = g.abs()

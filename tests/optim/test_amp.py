@@ -6,24 +6,21 @@ import pytest
 import torch
 
 from diffgrad import DiffGrad
-
-PATHS = {"single_tensor": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+from optim_info import EVERY_MODIFIER
+from optim_info import EXPLICIT_PATHS as PATHS
 
 
 def _loss(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return (x.to(w.dtype) @ w).float().pow(2).mean()
 
 
-EVERY_MODIFIER = {"rectify": True, "adanorm": True, "adainject": True, "cautious": True, "centralize": True}
 # Every path in float32 and float16, and with every diffGrad-family modifier (whose state, too,
-# must stay put on a skipped step); the compiled path only in float16, which also covers its
-# dtype conversions, to bound compile time.
+# must stay put on a skipped step).
 SCALER_CASES = [
     pytest.param(path, dtype, options, id=f"{path}-{str(dtype)[6:]}-{name}")
     for path in PATHS
     for dtype in (torch.float32, torch.float16)
     for name, options in (("plain", {}), ("modifiers", EVERY_MODIFIER))
-    if (path != "fused" or dtype == torch.float16) and (name == "plain" or dtype == torch.float16)
 ]
 
 

@@ -11,8 +11,7 @@ from torch import nn
 
 from diffgrad import DiffGrad
 from diffgrad.optim.state import BLOCK, Blockwise8, load, new_buffer, store
-
-PATHS = {"single_tensor": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+from optim_info import EXPLICIT_PATHS as PATHS
 
 
 def _state_bytes_per_param(opt: DiffGrad) -> float:
