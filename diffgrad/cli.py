@@ -2,8 +2,10 @@
 
 Each subcommand is registered by one ``_add_<name>`` function that builds its parser and sets its
 handler; handlers import torch, Optuna and the lab lazily so that ``diffgrad --help`` stays fast.
-Problems with the input (unknown names, bad options, missing data, unusable storage URL) end with
-exit code 2 and one ``diffgrad: error: ...`` line.
+Problems with the input (unknown names, bad options, missing data, an unusable storage URL or output
+folder, a file that is not a results database) end with exit code 2 and one ``diffgrad: error: ...``
+line, before any training. No output shows a database password, and ``report`` never writes to the
+database it reads.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import ast
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -64,6 +67,24 @@ def _storage_url(args: argparse.Namespace) -> str:
     from diffgrad.lab.storage import default_storage_url
 
     return args.storage or default_storage_url(args.out)
+
+
+def _shown(url: str) -> str:
+    """``url`` as printed: without its password."""
+    from diffgrad.lab.storage import redact_url
+
+    return redact_url(url)
+
+
+def _output_folder(out: str) -> None:
+    """Create the output folder now, so that an unusable one fails before any work, in one line."""
+    folder = Path(out)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a path through a file, a read-only place
+        raise UsageError(f"cannot create the output folder {out!r}: {error.strerror or error}") from error
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write to the output folder {out!r}")
 
 
 # ----------------------------------------------------------------------------------------- list
@@ -191,6 +212,8 @@ def _run_compare(args: argparse.Namespace) -> int:
 
     _configure_logging(quiet=args.quiet)
     _set_threads(args.threads)
+    if not args.no_report:
+        _output_folder(args.out)  # before training, not after it
     given = {"heartbeat_interval": args.heartbeat_interval, "grace_period": args.grace_period}
     try:
         studies = runner.compare(
@@ -204,7 +227,7 @@ def _run_compare(args: argparse.Namespace) -> int:
         raise UsageError(str(error)) from error
     url = _storage_url(args)
     print(f"studies: {', '.join(studies)}")
-    print(f"database: {url}")
+    print(f"database: {_shown(url)}")
     if not args.no_report:
         title = f"{args.workload}: {', '.join(args.optimizers)} ({args.protocol})"
         _render(url, args.out, title=title, tag=args.tag or None)
@@ -249,12 +272,18 @@ def _run_report(args: argparse.Namespace) -> int:
         if not database.is_file():
             raise UsageError(f"no results database at {database}; run `diffgrad compare` or pass --storage")
         url = _storage_url(args)
-    from diffgrad.lab.runner import ConfigError, open_storage
+    from diffgrad.lab.storage import check_results_database, load_study_infos
 
     try:
-        open_storage(url)  # a bad URL is a usage error, not a traceback
-    except ConfigError as error:
+        check_results_database(url)  # read-only: opening a foreign file with Optuna would add its tables
+    except ValueError as error:
         raise UsageError(str(error)) from error
+    if args.tag is not None:
+        tags = sorted({info.tag for info in load_study_infos(url).values()})
+        if args.tag not in tags:
+            raise UsageError(f"no studies with tag {args.tag!r} in {_shown(url)}; "
+                             f"tags there: {', '.join(map(repr, tags)) or 'none'}")
+    _output_folder(args.out)
     _render(url, args.out, title=args.title, tag=args.tag)
     return 0
 
@@ -301,7 +330,7 @@ def _run_reproduce(args: argparse.Namespace) -> int:
                            device=args.device, progress=not args.quiet)
     except ConfigError as error:
         raise UsageError(str(error)) from error
-    print(f"database: {args.storage or _storage_url(args)}")
+    print(f"database: {_shown(args.storage or _storage_url(args))}")
     print(f"report: {report} (and {report.with_suffix('.html')})")
     return 0
 
