@@ -35,7 +35,7 @@ from reference import RefState, reference_kwargs, reference_step
 # for each new set of shapes, dtypes and options, and a draw brings several); raise it once the
 # fused step compiles once.
 REFERENCE_EXAMPLES = 60
-COMPACT_EXAMPLES = 30
+COMPACT_EXAMPLES = 60
 FUSED_EXAMPLES = 5
 
 EAGER_PATHS = tuple(name for name in PATHS if name != "fused")
