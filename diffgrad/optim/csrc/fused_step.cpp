@@ -43,6 +43,7 @@ namespace {
 
 constexpr int64_t kBlock = 256;               // the 8-bit block, and the unit of staging
 constexpr int64_t kItemBlocks = 64;           // blocks per work item: 16384 elements
+constexpr int64_t kPrefetchBlocks = 2;        // how far ahead the next blocks are requested
 constexpr int64_t kSerialNumel = 1 << 15;     // below this many elements in all, one thread
 constexpr float kCodeMax = 448.0f;            // largest finite float8-e4m3fn value
 constexpr float kSqrtFloor = 0.0009765625f;   // 2^−10: what a zero code of sqrt(v) decodes to
@@ -100,40 +101,39 @@ inline float e4m3_to_float(uint8_t c) {
 }
 
 // Decode one block of 8-bit codes (state.load): code·(absmax/448), squared for sqrt(v).
-template <class T>
-void decode_block8(const uint8_t* __restrict codes, float absmax, bool sqrt_domain, int64_t n, T* __restrict out) {
+template <class T, bool kSqrtDomain>
+void decode_block8(const uint8_t* __restrict codes, float absmax, int64_t n, T* __restrict out) {
   const float scale = absmax / kCodeMax;
-  if (sqrt_domain) {
 #pragma omp simd
-    for (int64_t i = 0; i < n; ++i) {
-      float x = e4m3_to_float(codes[i]);
+  for (int64_t i = 0; i < n; ++i) {
+    float x = e4m3_to_float(codes[i]);
+    if constexpr (kSqrtDomain) {
       x = x < kSqrtFloor ? kSqrtFloor : x;  // clamp_min, which keeps NaN
       x *= scale;
       out[i] = static_cast<T>(x * x);
+    } else {
+      out[i] = static_cast<T>(x * scale);
     }
-  } else {
-#pragma omp simd
-    for (int64_t i = 0; i < n; ++i) out[i] = static_cast<T>(e4m3_to_float(codes[i]) * scale);
   }
 }
 
 // Encode one block (state.store): x in float32 (sqrt(v) for second moments), absmax = max |x|
 // (NaN if any is NaN, as amax), codes of (x·(1/max(absmax, FLT_MIN)))·448.
-template <class T>
-float encode_block8(const T* __restrict values, bool sqrt_domain, int64_t n, uint8_t* __restrict codes) {
+template <class T, bool kSqrtDomain>
+float encode_block8(const T* __restrict values, int64_t n, uint8_t* __restrict codes) {
   alignas(64) float x[kBlock];
   float absmax = 0.0f;
-  int nan = 0;
-#pragma omp simd reduction(max : absmax) reduction(| : nan)
+  int32_t nans = 0;  // amax propagates NaN
+#pragma omp simd reduction(max : absmax) reduction(+ : nans)
   for (int64_t i = 0; i < n; ++i) {
     float v = static_cast<float>(values[i]);
-    v = sqrt_domain ? std::sqrt(v) : v;
+    if constexpr (kSqrtDomain) v = std::sqrt(v);
     x[i] = v;
     const float a = std::fabs(v);
-    nan |= a != a;
-    absmax = std::max(absmax, a);
+    nans += a != a;
+    absmax = a > absmax ? a : absmax;
   }
-  if (nan) absmax = std::numeric_limits<float>::quiet_NaN();
+  if (nans) absmax = std::numeric_limits<float>::quiet_NaN();
   const float clamped = absmax < std::numeric_limits<float>::min() ? std::numeric_limits<float>::min() : absmax;
   const float inverse = 1.0f / clamped;
 #pragma omp simd
@@ -429,7 +429,11 @@ T* load_block(int32_t format, void* data, const float* absmax, bool sqrt_domain,
       return scratch;
     }
     case kBlockwise8:
-      decode_block8(static_cast<const uint8_t*>(data) + lo, absmax[lo / kBlock], sqrt_domain, n, scratch);
+      if (sqrt_domain) {
+        decode_block8<T, true>(static_cast<const uint8_t*>(data) + lo, absmax[lo / kBlock], n, scratch);
+      } else {
+        decode_block8<T, false>(static_cast<const uint8_t*>(data) + lo, absmax[lo / kBlock], n, scratch);
+      }
       return scratch;
     default: {
       T* values = static_cast<T*>(data) + lo;
@@ -449,8 +453,34 @@ void store_block(int32_t format, void* data, float* absmax, bool sqrt_domain, in
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i) dst[i] = float_to_bf16(static_cast<float>(values[i]));
   } else if (format == kBlockwise8) {
-    absmax[lo / kBlock] = encode_block8(values, sqrt_domain, n, static_cast<uint8_t*>(data) + lo);
+    uint8_t* codes = static_cast<uint8_t*>(data) + lo;
+    absmax[lo / kBlock] = sqrt_domain ? encode_block8<T, true>(values, n, codes) : encode_block8<T, false>(values, n, codes);
   }
+}
+
+// Bytes per element of a format (an 8-bit block's absmax is read once per block).
+inline int64_t element_bytes(int32_t format) {
+  switch (format) {
+    case kFloat64:
+      return 8;
+    case kFloat32:
+      return 4;
+    case kBFloat16:
+      return 2;
+    case kBlockwise8:
+      return 1;
+    default:
+      return 0;
+  }
+}
+
+// Requests the elements [lo, lo + n) of an array into the cache ahead of use: with compact state a
+// block's arithmetic is short next to the time its several small streams take to arrive.
+inline void prefetch(int32_t format, const void* data, int64_t lo, int64_t n) {
+  const int64_t bytes = element_bytes(format);
+  if (bytes == 0) return;
+  const char* begin = static_cast<const char*>(data) + lo * bytes;
+  for (int64_t offset = 0; offset < n * bytes; offset += 64) __builtin_prefetch(begin + offset, 1, 3);
 }
 
 enum class Pass { kStep, kCount };
@@ -475,6 +505,13 @@ int64_t step_range(const DgHyper& h, const DgTensor& t, void* param, const void*
   int64_t agree = 0;
   for (int64_t i = lo; i < hi; i += kBlock) {
     const int64_t n = std::min(kBlock, hi - i);
+    const int64_t ahead = i + kPrefetchBlocks * kBlock;
+    if (ahead < hi) {
+      const int64_t m = std::min(kBlock, hi - ahead);
+      prefetch(t.param_format, param, ahead, m);
+      prefetch(t.grad_format, grad, ahead, m);
+      for (int s = 0; s < kSlots; ++s) prefetch(t.state_format[s], t.state[s], ahead, m);
+    }
     Block<T> b{};
     b.param = load_block<T>(t.param_format, param, nullptr, false, i, n, count, scratch[kSlots]);
     b.grad = load_block<T>(t.grad_format, const_cast<void*>(grad), nullptr, false, i, n, false, scratch[kSlots + 1]);
@@ -563,13 +600,20 @@ void dg_step(const DgHyper* hyper, const DgTensor* tensors, int64_t count, void*
 // The codecs on their own, for checking them against torch (diffgrad.optim.state).
 void dg_encode_blockwise8(const float* values, int64_t numel, int32_t sqrt_domain, uint8_t* codes, float* absmax) {
   for (int64_t lo = 0; lo < numel; lo += kBlock) {
-    absmax[lo / kBlock] = encode_block8(values + lo, sqrt_domain, std::min(kBlock, numel - lo), codes + lo);
+    const int64_t n = std::min(kBlock, numel - lo);
+    absmax[lo / kBlock] = sqrt_domain ? encode_block8<float, true>(values + lo, n, codes + lo)
+                                      : encode_block8<float, false>(values + lo, n, codes + lo);
   }
 }
 
 void dg_decode_blockwise8(const uint8_t* codes, const float* absmax, int64_t numel, int32_t sqrt_domain, float* values) {
   for (int64_t lo = 0; lo < numel; lo += kBlock) {
-    decode_block8(codes + lo, absmax[lo / kBlock], sqrt_domain, std::min(kBlock, numel - lo), values + lo);
+    const int64_t n = std::min(kBlock, numel - lo);
+    if (sqrt_domain) {
+      decode_block8<float, true>(codes + lo, absmax[lo / kBlock], n, values + lo);
+    } else {
+      decode_block8<float, false>(codes + lo, absmax[lo / kBlock], n, values + lo);
+    }
   }
 }
 
