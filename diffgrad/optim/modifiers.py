@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["Modifiers", "WARMUPS", "adainject_scale", "adanorm_", "cautious_", "centralized", "injected", "rectification"]
+__all__ = ["Modifiers", "WARMUPS", "adainject_scale", "adanorm_", "adanorm_ratio_", "cautious_", "centralized", "injected", "rectification"]
 
 # What the rectified step does while ρ_t is under the threshold: a bias-corrected momentum-SGD
 # step θ ← θ − α·m̂ (the family paper's reading), or no update.
@@ -76,13 +76,18 @@ def _whole(value: Tensor) -> Tensor:
     return full_tensor() if full_tensor is not None else value
 
 
-def adanorm_(g: Tensor, exp_grad_norm: Tensor, gamma: float) -> Tensor:
-    """AdaNorm: update e (``exp_grad_norm``, 0-dim, in place) with ‖g‖₂ and return s_t."""
+def adanorm_ratio_(g: Tensor, exp_grad_norm: Tensor, gamma: float) -> Tensor:
+    """AdaNorm: update e_t (``exp_grad_norm``, 0-dim, in place) with ‖g_t‖₂ and return the factor
+    s_t/g_t: e_t/‖g_t‖₂ where e_t > ‖g_t‖₂, else 1 (also for a zero gradient, which stays zero)."""
     norm = _whole(torch.linalg.vector_norm(g)).to(exp_grad_norm.dtype)
     exp_grad_norm.mul_(gamma).add_(norm, alpha=1.0 - gamma)
-    # A zero gradient stays zero: the ratio is only applied where it is finite.
-    ratio = torch.where(exp_grad_norm > norm, exp_grad_norm / norm.clamp_min(torch.finfo(norm.dtype).tiny), 1.0)
-    return g * ratio
+    rescaled = (exp_grad_norm > norm) & (norm > 0)
+    return torch.where(rescaled, exp_grad_norm / torch.where(rescaled, norm, 1.0), 1.0)
+
+
+def adanorm_(g: Tensor, exp_grad_norm: Tensor, gamma: float) -> Tensor:
+    """AdaNorm: update e_t (see :func:`adanorm_ratio_`) and return s_t."""
+    return g * adanorm_ratio_(g, exp_grad_norm, gamma)
 
 
 def adainject_scale(step: float | Tensor, k: float) -> float | Tensor:

@@ -90,7 +90,7 @@ def reference_step(
     if adanorm_gamma is not None:
         norm = math.sqrt(sum(x * x for x in g))
         st.norm = adanorm_gamma * st.norm + (1 - adanorm_gamma) * norm
-        if st.norm > norm:
+        if st.norm > norm > 0:  # a zero gradient stays zero
             first = [st.norm / norm * x for x in g]
     if adainject_k is not None:
         if t > 1:

@@ -10,7 +10,7 @@ layouts, dtypes) and short gradient sequences; every path in ``PATHS`` runs the 
 * on every path, a parameter without a gradient keeps its value and its state, bit for bit.
 
 The draws are derandomized (a fixed sequence of examples, no example database), so a run is
-deterministic. The fused path has tests of its own with few examples: see ``FUSED_EXAMPLES``.
+deterministic.
 """
 
 from __future__ import annotations
@@ -25,27 +25,23 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import diffgrad.optim.functional as functional
 from diffgrad import DiffGrad
+from diffgrad.optim import cpu_slices, functional
 from diffgrad.optim.state import BLOCK, MIN_QUANTIZED_NUMEL, compute_dtype
 from optim_info import PATHS, decoded_state
 from reference import RefState, reference_kwargs, reference_step
 
-# Examples per test. The fused path's count is limited by its compile time (torch.compile: seconds
-# for each new set of shapes, dtypes and options, and a draw brings several); raise it once the
-# fused step compiles once.
 REFERENCE_EXAMPLES = 60
 COMPACT_EXAMPLES = 60
-FUSED_EXAMPLES = 5
 
-EAGER_PATHS = tuple(name for name in PATHS if name != "fused")
+ALL_PATHS = tuple(PATHS)
 FRICTION_NAMES = ("dfc", "dfc1", "dfc2", "dfc3", "dfc4", "dfc5")
 GRAD_KINDS = ("random", "repeat", "zeros", "some_zeros", "none")
 LAYOUTS = ("vector", "scalar", "empty", "matrix", "4d", "transposed", "sliced", "channels_last")
 # Shapes with at least MIN_QUANTIZED_NUMEL elements, where 8-bit state applies when the size is a
 # whole number of blocks; (4097,) is not, and stays in the compute dtype. The last "matrix" shape
-# reaches functional._SERIAL_NUMEL: the default path sends it to the per-tensor step, and that
-# step to torch's fused Adam kernel (too slow for the Python reference; compact draws only).
+# reaches cpu_slices.MIN_NUMEL: the default path sends it to the sliced step on torch's fused Adam
+# kernel (too large for the Python reference; compact draws only).
 LARGE_SHAPES = {
     "vector": [(4096,), (4608,), (4097,)],
     "matrix": [(16, 256), (17, 256), (128, 256)],
@@ -91,7 +87,7 @@ class Case:
     scales: tuple[float, ...]  # per step
     same_storage: tuple[bool, ...]  # per parameter: write each gradient into the same .grad
     grad_like_param: tuple[bool, ...]  # per parameter: .grad with the parameter's strides
-    internals: tuple[tuple[str, int], ...]  # functional's thresholds, patched for the run
+    internals: tuple[tuple[object, str, int], ...]  # dispatcher thresholds (module, name, value), patched for the run
     seed: int
 
     def lr_value(self) -> float:
@@ -167,14 +163,14 @@ def cases(
     steps = draw(st.integers(2, max_steps))
     n = len(specs)
     options = draw(option_sets())
-    if options.get("adanorm") and options.get("centralize"):
-        # Centralised, a tensor of one-element rows has an all-zero gradient, which AdaNorm turns
-        # into NaN (test_adanorm_all_zero_gradient_stays_finite): give its rows two elements.
-        specs = tuple(
-            ParamSpec(s.layout, s.shape[:-1] + (2,), s.dtype) if len(s.shape) >= 2 and _numel(s.shape[1:]) == 1 else s
-            for s in specs
-        )
-    internals = draw(st.sampled_from([(), (("_SERIAL_NUMEL", 0),), (("CHUNK", 2 * BLOCK),), (("_SERIAL_NUMEL", 0), ("CHUNK", 2 * BLOCK))]))
+    # The dispatcher's thresholds, lowered so that small draws reach the default path's slices
+    # and compact state is unpacked a few tensors at a time.
+    internals = draw(st.sampled_from([
+        (),
+        ((cpu_slices, "MIN_NUMEL", 0),),
+        ((cpu_slices, "MIN_NUMEL", 0), (cpu_slices, "CHUNK", 2 * BLOCK)),
+        ((functional, "UNPACK_NUMEL", 2 * BLOCK),),
+    ]))  # fmt: skip
     return Case(
         options=options,
         lr=draw(st.sampled_from([1e-2, 1e-3, 0.1])),
@@ -241,9 +237,6 @@ def _gradients(case: Case) -> list[list[torch.Tensor | None]]:
                     value.zero_()
                 elif kind == "some_zeros":
                     value[torch.rand(spec.shape, generator=g) < 0.5] = 0.0
-                if case.options.get("adanorm") and value.numel() and not value.any():
-                    # Not all zero with AdaNorm: see test_adanorm_all_zero_gradient_stays_finite.
-                    value.view(-1)[0] = scale
                 value = value.to(spec.dtype)
             last[i] = value
             row.append(value)
@@ -269,8 +262,8 @@ def _run(case: Case, path: str, after_step=None) -> tuple[list[torch.Tensor], Di
         **PATHS[path],
     )
     with contextlib.ExitStack() as stack:
-        for name, value in case.internals:
-            stack.enter_context(mock.patch.object(functional, name, value))
+        for module, name, value in case.internals:
+            stack.enter_context(mock.patch.object(module, name, value))
         for t, row in enumerate(_gradients(case)):
             skipped = []
             for p, value, same, like in zip(params, row, case.same_storage, case.grad_like_param):
@@ -300,27 +293,14 @@ def _run(case: Case, path: str, after_step=None) -> tuple[list[torch.Tensor], Di
 
 
 def _reference_step(theta: list[float], grad: list[float], st_: RefState, kwargs: dict) -> list[float]:
-    """reference_step, and the two inputs it cannot take."""
+    """reference_step, and the input it cannot take (an empty tensor)."""
     if not theta:
         # An empty tensor: nothing but the step count and AdaNorm's e_t = γ·e_{t−1} + (1 − γ)·0.
         st_.step += 1
         if kwargs["adanorm_gamma"] is not None:
             st_.norm *= kwargs["adanorm_gamma"]
         return []
-    saved = copy.deepcopy(st_)
-    try:
-        return reference_step(theta, grad, st_, **kwargs)
-    except ZeroDivisionError:
-        # AdaNorm on an all-zero effective gradient after a non-zero one: the reference divides
-        # e_t by ‖g_t‖ = 0. s_t = g_t = 0 whatever the ratio, so the step is the one without
-        # AdaNorm, and e_t = γ·e_{t−1}.
-        gamma = kwargs["adanorm_gamma"]
-        if gamma is None:
-            raise
-        st_.__dict__.update(saved.__dict__)
-        out = reference_step(theta, grad, st_, **{**kwargs, "adanorm_gamma": None})
-        st_.norm = gamma * saved.norm
-        return out
+    return reference_step(theta, grad, st_, **kwargs)
 
 
 def _reference_history(case: Case) -> list[list[tuple[list[float], RefState]]]:
@@ -381,7 +361,7 @@ REFERENCE_CASES = cases(dtypes=(torch.float64,), state_dtypes=(None,), max_numel
 
 
 @_settings(REFERENCE_EXAMPLES)
-@given(case=REFERENCE_CASES, path=st.sampled_from(EAGER_PATHS))
+@given(case=REFERENCE_CASES, path=st.sampled_from(ALL_PATHS))
 def test_float64_paths_match_the_reference(case: Case, path: str) -> None:
     _check_against_reference(case, path)
 
@@ -434,7 +414,18 @@ def _tolerance(p: torch.Tensor, key: str, state_dtype) -> dict:
 
 def _compare(p: torch.Tensor, state_p: dict, q: torch.Tensor, state_q: dict, case: Case, where: str) -> None:
     """Parameter ``q`` and its state (another path) against ``p`` and its state (single_tensor)."""
-    torch.testing.assert_close(q, p, **_tolerance(p, "param", case.state_dtype), msg=lambda m: f"{where}: param\n{m}")
+    tolerance = _tolerance(p, "param", case.state_dtype)
+    if case.state_dtype == "8bit":
+        # Paths whose float32 arithmetic differs by an ulp (the fused kernel's fused multiply-adds)
+        # can put a state value on the other side of an 8-bit code boundary: the next update then
+        # moves by up to an eighth of α·m̂/(sqrt(v̂) + ε), i.e. α/8 a step. Such flips are rare:
+        # nearly every element still agrees to the compact tolerance.
+        close = torch.isclose(q.double(), p.double(), **tolerance)
+        assert close.float().mean() >= 0.99 if close.numel() else True, f"{where}: param: {(~close).sum()} far"
+        bound = case.lr_value() / 8 * len(case.kinds) + tolerance["atol"]
+        torch.testing.assert_close(q, p, rtol=tolerance["rtol"], atol=bound, msg=lambda m: f"{where}: param\n{m}")
+    else:
+        torch.testing.assert_close(q, p, **tolerance, msg=lambda m: f"{where}: param\n{m}")
     # The same format on every path, and the format state.py documents.
     assert set(state_q) == set(state_p), where
     for key, value in state_p.items():
@@ -488,47 +479,13 @@ COMPACT_CASES = cases(
 @_settings(COMPACT_EXAMPLES)
 @given(case=COMPACT_CASES)
 def test_paths_agree_on_compact_state_and_low_precision(case: Case) -> None:
-    _check_paths_agree(case, EAGER_PATHS)
+    _check_paths_agree(case, ALL_PATHS)
 
 
 # ---------------------------------------------------------------------------------------------
-# The fused path: the same properties, few examples (see FUSED_EXAMPLES)
+# Discrepancies the properties found, reduced to their smallest case (fixed; kept as regressions)
 
 
-FUSED_CASES = {
-    "reference": cases(dtypes=(torch.float64,), state_dtypes=(None,), max_numel=REFERENCE_MAX_NUMEL, max_params=2, max_steps=4),
-    "compact": cases(
-        dtypes=(torch.float32, torch.bfloat16, torch.float16),
-        state_dtypes=("8bit", torch.bfloat16, None),
-        max_numel=1 << 13,
-        max_params=2,
-        max_steps=4,
-    ),
-}
-
-
-@_settings(FUSED_EXAMPLES)
-@given(data=st.data())
-def test_fused_path_properties(data: st.DataObject) -> None:
-    """Both properties on the fused path: float64 against the reference, or compact state and
-    low-precision parameters against single_tensor (a drawn dimension, as the path is)."""
-    kind = data.draw(st.sampled_from(sorted(FUSED_CASES)), label="kind")
-    case = data.draw(FUSED_CASES[kind], label="case")
-    if kind == "reference":
-        _check_against_reference(case, "fused")
-    else:
-        _check_paths_agree(case, ("fused",))
-
-
-# ---------------------------------------------------------------------------------------------
-# Discrepancies the properties found, reduced to their smallest case
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="AdaNorm divides e_t by max(‖g‖, tiny): an all-zero gradient once e_t ≥ 4 "
-    "(finfo.max·tiny) gives e_t/tiny = inf and 0·inf = NaN in m and θ (modifiers.adanorm_)",
-)
 @pytest.mark.parametrize("path", PATHS)
 def test_adanorm_all_zero_gradient_stays_finite(path: str) -> None:
     """A zero gradient after a large one: s_t = g_t = 0 whatever e_t/‖g_t‖ (the reference's
