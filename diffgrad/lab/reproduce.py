@@ -25,11 +25,13 @@ from diffgrad.lab.report.sections import (
     fmt_ci,
     learning_curve_sections,
     performance_profile_sections,
+    provenance_sections,
+    provenance_summary,
     redact_url,
     summary_sections,
     trajectory_sections,
 )
-from diffgrad.lab.report.stats import MeanCI, mean_ci
+from diffgrad.lab.report.stats import MeanCI, divergence_index, mean_ci
 from diffgrad.lab.runner import StudyPlan, build_workload, open_storage, plan_compare, plan_study, run_studies
 from diffgrad.lab.storage import RunRecord, artifact, default_storage_url, load_records
 from diffgrad.lab.trajectories import STANDARD, stored_trajectory
@@ -261,7 +263,8 @@ def reproduce(
         built, found = build()
         sections += built
         claims += found
-    document = Document("diffGrad, reproduced", [_intro(scale, datasets, url), verdict_section(claims), *sections])
+    document = Document("diffGrad, reproduced", [_intro(scale, datasets, url, records), verdict_section(claims),
+                                                 *sections, *provenance_sections(records)])
     return document.write(out)
 
 
@@ -363,14 +366,18 @@ def one_d_section(plot_dir: Path, storage: Any) -> tuple[list[Section], list[Cla
     for fn, by_opt in runs.items():
         curves = {opt: (t["xs"], t["losses"]) for opt, t in by_opt.items()}
         path = plots.plot_trajectories(fn, {k: curves[k] for k in ("adam", "diffgrad")}, plot_dir / f"1d-{fn}.png",
-                                       fn=FUNCTIONS[fn].f)
+                                       fn=FUNCTIONS[fn].f, domain=FUNCTIONS[fn].domain)
         images.append(Image(path, f"{fn}: θ and F(θ) per iteration, Adam and diffGrad (the paper's Fig. 4)"))
-        path = plots.plot_trajectories(fn, curves, plot_dir / f"1d-{fn}-variants.png", fn=FUNCTIONS[fn].f)
+        path = plots.plot_trajectories(fn, curves, plot_dir / f"1d-{fn}-variants.png", fn=FUNCTIONS[fn].f,
+                                       domain=FUNCTIONS[fn].domain)
         images.append(Image(path, f"{fn}: every friction variant"))
         for opt, t in by_opt.items():
             x = t["xs"][-1][0]
             kind, where = _nearest_minimum(fn, x)
-            rows.append([fn, opt, f"{x:.4f}", f"{t['losses'][-1]:.3g}", f"{kind} ({where:g})", f"{_oscillation(t['xs']):.3g}"])
+            at = divergence_index(t["xs"], t["losses"])  # a NaN θ is near no minimum
+            rows.append([fn, opt, f"{x:.4f}", f"{t['losses'][-1]:.3g}",
+                         f"{kind} ({where:g})" if at is None else f"none: diverged at iteration {at}",
+                         f"{_oscillation(t['xs']):.3g}"])
     two_d = trajectory_sections(
         [stored_trajectory(storage, name, opt, **STANDARD[name]) for name in TWO_D_FUNCTIONS for opt in ("adam", "diffgrad")],
         plot_dir, title="2-D functions", note="Adam and diffGrad at one shared setting: an illustration, not evidence.",
@@ -706,7 +713,7 @@ def verdict_section(claims: Sequence[Claim]) -> Section:
     return Section("Verdict", text)
 
 
-def _intro(scale: Scale, datasets: Sequence[PaperDataset], url: str) -> Section:
+def _intro(scale: Scale, datasets: Sequence[PaperDataset], url: str, records: Sequence[RunRecord]) -> Section:
     lines = [
         "The experiments of Dubey et al., *diffGrad: An Optimization Method for Convolutional Neural Networks* "
         "(IEEE TNNLS 2019), rerun with this package's DiffGrad, which keeps its own copy of the previous gradient.",
@@ -717,6 +724,8 @@ def _intro(scale: Scale, datasets: Sequence[PaperDataset], url: str) -> Section:
                      "workloads (" + ", ".join(f"`{d.workload}` for {DATASET_NAMES[d.paper]}" for d in datasets)
                      + "), not on CIFAR; the paper's values are printed next to them for reference only.")
     lines += list(scale.notes)
+    if records:
+        lines.append(provenance_summary(records))
     return Section("About this report", "\n\n".join(lines))
 
 
