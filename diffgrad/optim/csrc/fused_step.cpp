@@ -458,27 +458,11 @@ void store_block(int32_t format, void* data, float* absmax, bool sqrt_domain, in
   }
 }
 
-// Bytes per element of a format (an 8-bit block's absmax is read once per block).
-inline int64_t element_bytes(int32_t format) {
-  switch (format) {
-    case kFloat64:
-      return 8;
-    case kFloat32:
-      return 4;
-    case kBFloat16:
-      return 2;
-    case kBlockwise8:
-      return 1;
-    default:
-      return 0;
-  }
-}
-
-// Requests the elements [lo, lo + n) of an array into the cache ahead of use: with compact state a
-// block's arithmetic is short next to the time its several small streams take to arrive.
+// Requests the elements [lo, lo + n) of an array into the cache ahead of use: between a block's
+// loads come its decoding and encoding, while which the hardware prefetcher alone lets the
+// next block's streams fall behind.
 inline void prefetch(int32_t format, const void* data, int64_t lo, int64_t n) {
-  const int64_t bytes = element_bytes(format);
-  if (bytes == 0) return;
+  const int64_t bytes = format == kFloat64 ? 8 : format == kFloat32 ? 4 : format == kBFloat16 ? 2 : format == kBlockwise8 ? 1 : 0;
   const char* begin = static_cast<const char*>(data) + lo * bytes;
   for (int64_t offset = 0; offset < n * bytes; offset += 64) __builtin_prefetch(begin + offset, 1, 3);
 }
