@@ -27,13 +27,12 @@ from diffgrad.lab.report.sections import (
     performance_profile_sections,
     provenance_sections,
     provenance_summary,
-    redact_url,
     summary_sections,
     trajectory_sections,
 )
 from diffgrad.lab.report.stats import MeanCI, divergence_index, mean_ci
 from diffgrad.lab.runner import StudyPlan, build_workload, open_storage, plan_compare, plan_study, run_studies
-from diffgrad.lab.storage import RunRecord, artifact, default_storage_url, load_records
+from diffgrad.lab.storage import RunRecord, artifact, default_storage_url, load_records, redact_url
 from diffgrad.lab.trajectories import STANDARD, stored_trajectory
 from diffgrad.lab.workloads.analytic import FUNCTIONS
 

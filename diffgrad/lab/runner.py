@@ -56,8 +56,17 @@ from typing import TYPE_CHECKING, Any
 
 from diffgrad.lab.registry import LogUniform, get_optimizer_spec
 from diffgrad.lab.provenance import Provenance, current_provenance
-from diffgrad.lab.storage import INFO_KEY, PROVENANCE_KEY, RECORD_KEY, RunRecord, StudyInfo, default_storage_url
-from diffgrad.lab.storage import check_results_database, error_line, redact_url
+from diffgrad.lab.storage import (
+    INFO_KEY,
+    PROVENANCE_KEY,
+    RECORD_KEY,
+    RunRecord,
+    StudyInfo,
+    check_results_database,
+    default_storage_url,
+    error_line,
+    redact_url,
+)
 from diffgrad.lab.train import SCHEDULES, train
 from diffgrad.lab.trajectories import record_trajectories
 from diffgrad.lab.workloads.base import Budget, Workload

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..storage import RunRecord, StudyInfo, load_artifacts, load_records, load_study_infos
+from ..storage import RunRecord, StudyInfo, load_artifacts, load_records, load_study_infos, redact_url
 from . import plots
 from .document import Image, Section, format_table
 from .stats import (
@@ -557,10 +557,3 @@ def build_sections(results: Results, plot_dir: str | Path, *, storage_url: str |
           if storage_url else []),
         *provenance_sections([r for c in results.cells for r in c.runs]),
     ]
-
-
-def redact_url(storage_url: str) -> str:
-    """The URL without its password, so a report never leaks database credentials."""
-    from sqlalchemy.engine import make_url
-
-    return make_url(storage_url).render_as_string(hide_password=True)
