@@ -3,8 +3,8 @@
     python benchmarks/step.py                       # CPU, float32, both cases, all candidates
     python benchmarks/step.py --device cuda --dtype bfloat16 --scale 5   # GPU, 100 M+ params
 
-Needs the ``bench`` extra (``pip install diffgrad[bench]``: pytorch_optimizer, torch-optimizer);
-anchors that are not installed are skipped. Everything runs in one process, and the timed steps
+Needs the ``bench`` extra (``pip install diffgrad[bench]``: pytorch_optimizer, torch-optimizer,
+torchao, bitsandbytes); anchors that are not installed are skipped. Everything runs in one process, and the timed steps
 of all candidates are interleaved round by round, so that on a shared machine every candidate
 sees the same background load and the ratios are comparable even when the absolute times drift;
 each round starts one row later than the one before, so no row always follows the same other.
@@ -12,7 +12,9 @@ each round starts one row later than the one before, so no row always follows th
 Cases: ``resnet50`` is the parameter list of the CIFAR-form ResNet-50 of the paper (kuangliu's
 layout: 3×3 stem, bottleneck stages [3, 4, 6, 3], 10-way linear head): 161 tensors, 23.5 M
 parameters, generated here from the layer structure. ``single`` is one tensor of 25 M elements
-(rounded to whole 256-element blocks, for 8-bit state). ``--scale k`` multiplies the widths of
+(rounded to whole 256-element blocks, for 8-bit state). ``resnet50x4`` is the ResNet-50 list
+repeated 4 times (the same shapes, 4× the tensors): only its first steps are measured, to show
+whether a path's start-up grows with the number of tensors. ``--scale k`` multiplies the widths of
 ResNet-50 by sqrt(k) (about k times the parameters) and the single tensor by k.
 
 Columns:
@@ -28,10 +30,10 @@ Columns:
                   on CPU from the profiler's allocator events (``profile_memory=True``, every
                   allocation and free of the c10 CPU allocator in order, running sum, maximum),
                   on CUDA from ``torch.cuda.max_memory_allocated``; in % of the parameters' bytes
-  first step s    the first ``step()`` of a fresh optimizer (state allocation; for the compiled
-                  path: tracing and compilation). "cold" runs with an empty Inductor cache
-                  directory (a fresh temporary one unless --keep-cache), "warm" is a second fresh
-                  optimizer after ``torch._dynamo.reset()``, when Inductor's on-disk caches hit.
+  first step s    the first ``step()`` of a fresh optimizer in a fresh process (state allocation;
+                  compiled paths: building or loading their kernels). "cold": empty caches (a
+                  new temporary Inductor cache folder and DiffGrad kernel cache folder for the
+                  row); "warm": a second process with the caches the cold one left.
 
 A row "device copy" times ``dst.copy_(src)`` of a buffer as large as the 9 DiffGrad tensors
 together, the practical bandwidth ceiling of the device in the same run.
@@ -43,7 +45,9 @@ import argparse
 import gc
 import math
 import os
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -92,6 +96,7 @@ def candidates(fused_variants: bool, modifiers: bool = False) -> dict[str, Facto
     """The optimizers to time, by row name; the first is the anchor of the ratios."""
     rows: dict[str, Factory] = {
         "Adam fused (anchor)": lambda p: torch.optim.Adam(p, fused=True),
+        "Adam default": lambda p: torch.optim.Adam(p),
         "Adam foreach": lambda p: torch.optim.Adam(p, foreach=True),
     }
     try:
@@ -107,10 +112,24 @@ def candidates(fused_variants: bool, modifiers: bool = False) -> dict[str, Facto
         rows["torch-optimizer DiffGrad"] = lambda p: torch_optimizer.DiffGrad(p)
     except ImportError:
         print("torch-optimizer not installed: its row is skipped", file=sys.stderr)
+    if fused_variants:
+        try:
+            from torchao.optim import AdamW4bit, AdamW8bit
+
+            rows["torchao AdamW8bit"] = lambda p: AdamW8bit(p, weight_decay=0.0)
+            rows["torchao AdamW4bit"] = lambda p: AdamW4bit(p, weight_decay=0.0)
+        except ImportError:
+            print("torchao not installed: its rows are skipped", file=sys.stderr)
+        try:
+            import bitsandbytes
+
+            rows["bitsandbytes Adam8bit"] = lambda p: bitsandbytes.optim.Adam8bit(p)
+        except ImportError:
+            print("bitsandbytes not installed: its row is skipped", file=sys.stderr)
     rows["DiffGrad default"] = lambda p: DiffGrad(p)
     rows["DiffGrad per-tensor"] = lambda p: DiffGrad(p, foreach=False)
     rows["DiffGrad foreach"] = lambda p: DiffGrad(p, foreach=True)
-    rows["DiffGrad fused"] = lambda p: DiffGrad(p, fused=True)
+    rows["DiffGrad fused"] = lambda p: DiffGrad(p, fused=True)  # CPU tensors
     if fused_variants:
         rows["DiffGrad fused bf16 state"] = lambda p: DiffGrad(p, fused=True, state_dtype=torch.bfloat16)
         rows["DiffGrad fused 8-bit state"] = lambda p: DiffGrad(p, fused=True, state_dtype="8bit")
@@ -207,27 +226,18 @@ def run_case(
 ) -> list[Row]:
     numel = sum(math.prod(s) for s in shapes)
     print(f"\n## {name}: {len(shapes)} tensors, {numel / 1e6:.2f} M parameters, {dtype}, {device}", file=sys.stderr)
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    params = [torch.randn(s, generator=gen).to(device, dtype).requires_grad_() for s in shapes]
-    for p in params:
-        # Small gradients keep every optimizer's updates tame while they share the parameters.
-        p.grad = torch.randn(p.shape, generator=gen).mul_(1e-3).to(device, dtype)
+    params = _params(shapes, device, dtype)
     param_bytes = sum(p.numel() * p.element_size() for p in params)
     results = {row: Row(row) for row in rows}
     optimizers: dict[str, torch.optim.Optimizer] = {}
     for row, factory in rows.items():
-        print(f"  first steps: {row}", file=sys.stderr, flush=True)
+        print(f"  state and first step: {row}", file=sys.stderr, flush=True)
         opt = factory(params)
-        results[row].cold_s = _timed(opt.step, device)
-        torch._dynamo.reset()
-        opt = factory(params)
-        results[row].warm_s = _timed(opt.step, device)
+        opt.step()
         optimizers[row] = opt
         results[row].state_bytes = _state_bytes(opt)
         results[row].traffic = 2 * param_bytes + param_bytes + 2 * results[row].state_bytes
         results[row].peak_extra = peak_extra_bytes(opt.step, device)
-    for opt in optimizers.values():
-        opt.step()  # later rows' torch._dynamo.reset() dropped earlier rows' compiled code: rebuild it
     names = list(optimizers)
     for r in range(rounds):
         print(f"  round {r + 1}/{rounds}", file=sys.stderr, flush=True)
@@ -244,6 +254,54 @@ def run_case(
         row.state_bytes_per_param = row.state_bytes / numel  # type: ignore[attr-defined]
         row.peak_pct = 100 * row.peak_extra / param_bytes  # type: ignore[attr-defined]
     return out
+
+
+def case_shapes(case: str, scale: float) -> list[tuple[int, ...]]:
+    if case == "resnet50":
+        return resnet50_shapes(math.sqrt(scale))
+    if case == "resnet50x4":
+        return resnet50_shapes(math.sqrt(scale)) * 4
+    if case == "single":
+        # 25 M rounded to whole 256-element blocks, so that 8-bit state applies.
+        return [(round(25_000_000 * scale / 256) * 256,)]
+    raise SystemExit(f"unknown case {case!r}")
+
+
+def _params(shapes: list[tuple[int, ...]], device: torch.device, dtype: torch.dtype) -> list[Tensor]:
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    params = [torch.randn(s, generator=gen).to(device, dtype).requires_grad_() for s in shapes]
+    for p in params:
+        # Small gradients keep every optimizer's updates tame while they share the parameters.
+        p.grad = torch.randn(p.shape, generator=gen).mul_(1e-3).to(device, dtype)
+    return params
+
+
+def first_steps(row: str, case: str, argv: list[str]) -> tuple[float, float]:
+    """(cold, warm) seconds of ``row``'s first step on ``case``, each in a new process: cold with
+    empty Inductor and DiffGrad kernel caches, warm with what the cold process left there."""
+    cache = tempfile.mkdtemp(prefix="diffgrad-bench-cache-")
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": f"{cache}/inductor", "DIFFGRAD_CACHE_DIR": f"{cache}/diffgrad"}
+    command = [sys.executable, __file__, *argv, "--cases", case, "--first-step-of", row]
+    try:
+        seconds = []
+        for _ in ("cold", "warm"):
+            done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600)
+            if done.returncode != 0:
+                print(f"  first step of {row} failed: {done.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+                return math.nan, math.nan
+            seconds.append(float(done.stdout.split()[-1]))
+        return seconds[0], seconds[1]
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def first_step_table(times: dict[str, dict[str, tuple[float, float]]], cases: list[str]) -> str:
+    head = "| optimizer | " + " | ".join(f"{case} cold s | {case} warm s" for case in cases)
+    lines = [head + " |", "|" + "---|" * (1 + 2 * len(cases))]
+    for row, by_case in times.items():
+        cells = [f"{by_case[c][0]:.2f} | {by_case[c][1]:.2f}" if c in by_case else " | " for c in cases]
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def table(rows: list[Row]) -> str:
@@ -277,6 +335,13 @@ def check_targets(rows: list[Row]) -> list[str]:
         checks.append(
             ("fused peak extra memory <= 5 % of param bytes (%)", by["DiffGrad fused"].peak_pct, by["DiffGrad fused"].peak_pct <= 5)  # type: ignore[attr-defined]
         )
+    for name, limit in (("DiffGrad fused bf16 state", 1.20), ("DiffGrad fused 8-bit state", 1.60)):
+        if name in by:
+            ratio = paired_ratio(by[name], anchor)
+            checks.append((f"{name} <= {limit} x Adam(fused=True)", ratio, ratio <= limit))
+    if "DiffGrad default" in by and "Adam default" in by:
+        ratio = paired_ratio(by["DiffGrad default"], by["Adam default"])
+        checks.append(("DiffGrad default <= 0.7 x Adam's default path", ratio, ratio <= 0.7))
     po = [by[k] for k in by if k.startswith("pytorch_optimizer")]
     if po:
         fastest = min(po, key=lambda row: med[row.name])
@@ -298,44 +363,69 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--cases", default="resnet50,single", help="comma-separated: resnet50, single")
+    parser.add_argument("--cases", default="resnet50,resnet50x4,single", help="comma-separated: resnet50, resnet50x4, single")
     parser.add_argument("--scale", type=float, default=1.0, help="parameter count multiplier (GPU: 5 for 100 M+)")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per candidate per round")
     parser.add_argument("--only", default="", help="comma-separated substrings: keep matching rows (+ anchor)")
     parser.add_argument("--no-compact", action="store_true", help="skip the bf16/8-bit state rows")
     parser.add_argument("--modifiers", action="store_true", help="add a row per diffGrad-family modifier")
-    parser.add_argument("--keep-cache", action="store_true", help="use the existing Inductor cache (cold = warm)")
+    parser.add_argument("--no-first-step", action="store_true", help="skip the cold/warm first-step processes")
+    parser.add_argument("--first-step-of", metavar="ROW", help=argparse.SUPPRESS)  # one first step, in a child
     args = parser.parse_args(argv)
 
-    if not args.keep_cache:
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="diffgrad-bench-inductor-")
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     rows = candidates(fused_variants=not args.no_compact, modifiers=args.modifiers)
+    if args.first_step_of:
+        opt = rows[args.first_step_of](_params(case_shapes(args.cases, args.scale), device, dtype))
+        print(_timed(opt.step, device))
+        return
     if args.only:
         keep = [s.strip() for s in args.only.split(",")]
         rows = {k: v for i, (k, v) in enumerate(rows.items()) if i == 0 or any(s in k for s in keep)}
+    child_argv = ["--device", args.device, "--dtype", args.dtype, "--scale", str(args.scale)]
+    child_argv += ["--no-compact"] * args.no_compact + ["--modifiers"] * args.modifiers
     print(
         f"# DiffGrad step benchmark — torch {torch.__version__}, {device}"
         f" ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}),"
         f" {time.strftime('%Y-%m-%d')}, {args.rounds} rounds x {args.steps} steps"
     )
-    for case in args.cases.split(","):
-        if case == "resnet50":
-            shapes = resnet50_shapes(math.sqrt(args.scale))
-        elif case == "single":
-            # 25 M rounded to whole 256-element blocks, so that 8-bit state applies.
-            shapes = [(round(25_000_000 * args.scale / 256) * 256,)]
-        else:
-            raise SystemExit(f"unknown case {case!r}")
-        result = run_case(case, shapes, rows, device, dtype, args.rounds, args.steps)
+    cases = args.cases.split(",")
+    first: dict[str, dict[str, tuple[float, float]]] = {row: {} for row in rows}
+    for case in cases:
+        shapes = case_shapes(case, args.scale)
         numel = sum(math.prod(s) for s in shapes)
+        if not args.no_first_step:
+            # The 4x list's point is the first step: DiffGrad's rows and the anchor only.
+            for row in [r for i, r in enumerate(rows) if case != "resnet50x4" or i == 0 or r.startswith("DiffGrad")]:
+                print(f"  first steps in new processes: {case}, {row}", file=sys.stderr, flush=True)
+                first[row][case] = first_steps(row, case, child_argv)
+        if case == "resnet50x4":
+            continue
+        result = run_case(case, shapes, rows, device, dtype, args.rounds, args.steps)
+        for row in result:
+            row.cold_s, row.warm_s = first.get(row.name, {}).get(case, (math.nan, math.nan))
         print(f"\n### {case}: {len(shapes)} tensors, {numel / 1e6:.2f} M parameters, {args.dtype}\n")
         print(table(result))
         print()
         print("\n".join(check_targets(result)))
         sys.stdout.flush()
+    if not args.no_first_step:
+        print(f"\n### First steps, new processes (cold: empty caches; warm: the cold run's caches)\n")
+        print(first_step_table({r: t for r, t in first.items() if t}, cases))
+        if "resnet50" in cases and "resnet50x4" in cases:
+            for row in (r for r in rows if r.startswith("DiffGrad fused")):
+                single, repeated = first[row].get("resnet50"), first[row].get("resnet50x4")
+                if single and repeated:
+                    ratio = repeated[0] / single[0]
+                    print(f"- {'met' if ratio <= 1.2 else 'MISSED'}: {row}: first step (cold) on the 4x list "
+                          f"<= 1.2 x on the list: {ratio:.2f}")
+        for row in (r for r in rows if r.startswith("DiffGrad fused")):
+            if "resnet50" in first[row]:
+                cold, warm = first[row]["resnet50"]
+                print(f"- {'met' if cold <= 30 else 'MISSED'}: {row}: first step (cold) <= 30 s: {cold:.2f}")
+                print(f"- {'met' if warm <= 3 else 'MISSED'}: {row}: first step (warm) <= 3 s: {warm:.2f}")
 
 
 if __name__ == "__main__":
