@@ -8,8 +8,8 @@ lab where optimizers are built.
 Defaults are the constructor defaults of each class (PyTorch's for ``torch.optim``,
 pytorch_optimizer's for the peers) plus what makes the name mean what it says (SGDM's momentum
 0.9 from the paper, ``amsgrad=True``, a friction variant, decoupled decay, one diffGrad-family
-modifier of PAPER.md §8 switched on). The paper's protocol
-(PAPER.md §6: "PyTorch defaults for every optimizer, one learning rate for all") is read as
+modifier of docs/paper.md §8 switched on). The paper's protocol
+(docs/paper.md §6: "PyTorch defaults for every optimizer, one learning rate for all") is read as
 lr = 1e-3 for every optimizer — Adadelta (torch default lr 1.0), Adagrad and RMSprop (1e-2)
 included — with every other argument at these defaults; the runner applies that learning rate,
 the specs keep the classes' own defaults.
@@ -114,7 +114,7 @@ class OptimizerSpec:
         return cls(params, **kwargs)
 
 
-# ξ ≡ 0.5: the friction the published code ends up with from its second step on (PAPER.md §2).
+# ξ ≡ 0.5: the friction the published code ends up with from its second step on (docs/paper.md §2).
 ALIASED_FRICTION = Friction("aliased", scale=0.0, shift=0.5, range="{0.5}")
 
 
@@ -122,7 +122,7 @@ class PublishedDiffGrad(DiffGrad):
     """diffGrad as the published ``diffGrad.py`` behaves when ``.grad`` storage is reused.
 
     The published code keeps ``state['previous_grad'] = grad``, a reference to ``p.grad`` rather
-    than a copy (PAPER.md §2). Whenever the next gradient is written into the same storage —
+    than a copy (docs/paper.md §2). Whenever the next gradient is written into the same storage —
     ``zero_grad(set_to_none=False)`` (PyTorch's behaviour when the paper was written), gradient
     accumulation, DDP with ``gradient_as_bucket_view`` — Δg = 0 from step 2 on, so ξ = 0.5 and the
     optimizer is exactly Adam at half the learning rate. Step 1 is unaffected (g_0 = 0, so
@@ -178,7 +178,7 @@ def _specs() -> list[OptimizerSpec]:
         )
         for k in range(1, 6)
     ]
-    # The diffGrad family (PAPER.md §8): one modifier each, every other option at DiffGrad's default.
+    # The diffGrad family (docs/paper.md §8): one modifier each, every other option at DiffGrad's default.
     family = [
         OptimizerSpec(f"diffgrad-{suffix}", description, DiffGrad, {option: True})
         for suffix, option, description in (
@@ -207,7 +207,7 @@ def _specs() -> list[OptimizerSpec]:
         *family,
         OptimizerSpec(
             "diffgrad-published",
-            "the published code's behaviour (aliased previous_grad): Adam at lr/2 after step 1 (PAPER.md §2)",
+            "the published code's behaviour (aliased previous_grad): Adam at lr/2 after step 1 (docs/paper.md §2)",
             PublishedDiffGrad,
         ),
         OptimizerSpec(
@@ -224,7 +224,7 @@ def _specs() -> list[OptimizerSpec]:
         OptimizerSpec("adamw", "AdamW, weight decay 1e-2 (torch.optim.AdamW)", torch.optim.AdamW),
         OptimizerSpec(
             "adam-half-lr",
-            "control: Adam at half the given lr, what the published diffGrad code runs (PAPER.md §7); "
+            "control: Adam at half the given lr, what the published diffGrad code runs (docs/paper.md §7); "
             "identical to adam once lr is tuned",
             torch.optim.Adam,
             lr_scale=0.5,

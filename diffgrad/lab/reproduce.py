@@ -3,7 +3,7 @@
 Sections of the report: (1) the 1-D functions of Sec. V (Eq. 24–26, Fig. 4); (2) average regret on
 online convex problems (Sec. IV); (3) the Table I protocol; (4) the friction variants (Table II)
 and activations (Table III) under the same protocol; (5) a fair, tuned comparison; (6) the diffGrad
-family of the follow-up papers (PAPER.md §8) under the same tuned protocol; and a verdict generated
+family of the follow-up papers (docs/paper.md §8) under the same tuned protocol; and a verdict generated
 from the numbers of all of them. Every training run lives in the results database; re-running
 the command resumes and never recomputes a finished run.
 """
@@ -56,13 +56,13 @@ FAIR_OPTIMIZERS = ("sgdm", "adagrad", "adadelta", "rmsprop", "amsgrad", "adam", 
                    "adabelief", "adan", "adamp", "lion", "radam")
 OFFLINE_WORKLOADS = ("digits-cnn", "mnist1d-mlp", "mnist1d-cnn")
 FAIR_TAG = "fair"
-# The diffGrad family (PAPER.md §8), each member diffGrad with one modifier on; compared with plain
+# The diffGrad family (docs/paper.md §8), each member diffGrad with one modifier on; compared with plain
 # diffGrad, and with Adam as the anchor the follow-up papers also report.
 FAMILY_OPTIMIZERS = ("diffgrad-rect", "diffgrad-norm", "diffgrad-inject", "diffgrad-cautious", "diffgrad-gc")
 FAMILY_TAG = "family"
 
 DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
-# PAPER.md §6, Table I: top-1 accuracy (%) at batch sizes 32 / 64 / 128.
+# docs/paper.md §6, Table I: top-1 accuracy (%) at batch sizes 32 / 64 / 128.
 PAPER_TABLE1 = {
     "cifar10": {
         "sgdm": (92.95, 92.07, 90.15), "adagrad": (92.04, 92.01, 91.30), "adadelta": (93.66, 93.48, 93.54),
@@ -282,7 +282,7 @@ class PaperDataset:
 
 def _paper_workloads(scale: Scale, data_dir: str | None) -> list[PaperDataset]:
     if data_dir is not None:
-        # The real protocol: CIFAR ResNet-50 (PAPER.md §6), read from the given folder.
+        # The real protocol: CIFAR ResNet-50 (docs/paper.md §6), read from the given folder.
         return [PaperDataset(p, f"{p}-resnet", {"data_dir": data_dir, "depth": 50}, False) for p in PAPER_TABLE1]
     return [PaperDataset(paper, workload, {}, True) for paper, workload in scale.standins]
 
@@ -521,7 +521,7 @@ def table1_section(
         claims += _table1_claims(ds, cells)
     curves = learning_curve_sections(Results.load(url, tag="paper-bs128"), plot_dir)
     text = (
-        "The paper's protocol (PAPER.md §6): lr 1e-3 for every optimizer, ×0.1 at 80 % of training, PyTorch "
+        "The paper's protocol (docs/paper.md §6): lr 1e-3 for every optimizer, ×0.1 at 80 % of training, PyTorch "
         "defaults otherwise (SGDM momentum 0.9), batch sizes 32/64/128, top-1 accuracy on the test split. "
         "`diffgrad-published` reproduces the published code's aliasing bug (ξ = 0.5 after step 1) and "
         "`adam-half-lr` is Adam at lr/2, the control for it.\n\n" + "\n\n".join(parts)
@@ -631,7 +631,7 @@ def _tuned_comparison(url: str, tag: str, plot_dir: Path) -> tuple[list[Ranking]
 TUNED_PROTOCOL = (
     "Every optimizer gets the same number of tuning trials over its declared search space (log-uniform lr), "
     "selection on the validation split, then the chosen setting is rerun with fresh seeds and scored on "
-    "the test split, which selection never sees (PAPER.md §7). Schedule: ×0.1 at 80 % for all."
+    "the test split, which selection never sees (docs/paper.md §7). Schedule: ×0.1 at 80 % for all."
 )
 
 
@@ -664,7 +664,7 @@ def _family_claims(ranking: Ranking) -> list[Claim]:
 
 
 def family_section(url: str, plot_dir: Path) -> tuple[list[Section], list[Claim]]:
-    """The diffGrad family (PAPER.md §8) against plain diffGrad and Adam under the tuned protocol."""
+    """The diffGrad family (docs/paper.md §8) against plain diffGrad and Adam under the tuned protocol."""
     # performance_profile_sections gives its figure one fixed name: a folder of its own keeps section 5's.
     rankings, subsections = _tuned_comparison(url, FAMILY_TAG, plot_dir / FAMILY_TAG)
     rankings = [r for r in rankings if "diffgrad" in r.scores]
@@ -685,7 +685,7 @@ def family_section(url: str, plot_dir: Path) -> tuple[list[Section], list[Claim]
     counts = {v: sum(c.verdict == v for c in claims) for v in ("held", "did not hold", "inconclusive")}
     text = (
         "Each member is diffGrad with one modifier of the follow-up papers switched on and every other option "
-        "at its default (PAPER.md §8); plain diffGrad and Adam run alongside under the same protocol as "
+        "at its default (docs/paper.md §8); plain diffGrad and Adam run alongside under the same protocol as "
         f"section 5. {TUNED_PROTOCOL} Trials, seeds and budget per workload are in the summary below.\n\n"
         f"{members}\n\n"
         + format_table(["workload", "optimizer", "rank", "seeds", "test metric (mean ± 95 % CI)",

@@ -7,10 +7,10 @@ One Optuna study per cell, named ``workload[options]/optimizer/protocol[/tag]``,
 Protocols:
 
 ``paper``
-    PAPER.md §6: fixed hyper-parameters — the registry's defaults, lr = 1e-3 for every optimizer,
+    docs/paper.md §6: fixed hyper-parameters — the registry's defaults, lr = 1e-3 for every optimizer,
     then the user's overrides — trained with K seeds ("final" trials), scored on val and test.
 ``tuned``
-    PAPER.md §7: ``tuning_budget`` "tune" trials sample the optimizer's search space (a seeded
+    docs/paper.md §7: ``tuning_budget`` "tune" trials sample the optimizer's search space (a seeded
     TPE sampler, random for its first trials), each trained with the one tuning seed and scored on
     VALIDATION, which is the Optuna objective. The best setting by validation is then rerun with K
     fresh seeds as "final" trials, which alone are evaluated on TEST; selection never sees test.
@@ -92,7 +92,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 PROTOCOLS = ("paper", "tuned")
-PAPER_LR = 1e-3  # PAPER.md §6: one learning rate for every optimizer
+PAPER_LR = 1e-3  # docs/paper.md §6: one learning rate for every optimizer
 TUNING_SEED = 0
 TUNE, FINAL = "tune", "final"
 WORKER_KEY = "worker"  # trial user attribute: "host:pid" of the process that claimed the trial

@@ -28,7 +28,7 @@ from diffgrad.lab.workloads.base import Budget, Workload
 
 __all__ = ["SCHEDULES", "RunResult", "make_schedule", "train", "worst_metric"]
 
-# The paper's schedule (PAPER.md §6): lr for epochs 1–80 of 100, then lr/10.
+# The paper's schedule (docs/paper.md §6): lr for epochs 1–80 of 100, then lr/10.
 STEP_DECAY_AT = 0.8
 STEP_DECAY_FACTOR = 0.1
 

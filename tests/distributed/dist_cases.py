@@ -253,7 +253,7 @@ def record_diff(kind: str, worst: float, rtol: float, atol: float) -> None:
     MAX_DIFFS[kind] = (max(previous, worst), rtol, atol)
 
 
-# -- the published code's aliasing bug, as a control (PAPER.md §2) -------------------------------
+# -- the published code's aliasing bug, as a control (docs/paper.md §2) --------------------------
 
 
 class PublishedAliasingDiffGrad(Optimizer):

@@ -1,5 +1,5 @@
 """DDP with 2 gloo ranks equals one process on the concatenated batch, for every implementation,
-every option, with and without ``gradient_as_bucket_view`` (PAPER.md §2: with bucket views the
+every option, with and without ``gradient_as_bucket_view`` (docs/paper.md §2: with bucket views the
 published code's aliased previous gradient made ξ = 0.5)."""
 
 from __future__ import annotations

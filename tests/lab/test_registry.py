@@ -18,7 +18,7 @@ PEERS = {"adabelief", "adan", "adamp", "lion", "radam"}
 PAPER_NAMES = {"diffgrad", *(f"diffgrad-dfc{k}" for k in range(1, 6)), "diffgrad-amsgrad", "diffgradw",
                "diffgrad-published", "sgdm", "adagrad", "adadelta", "rmsprop", "amsgrad", "adam", "adamw",
                "adam-half-lr"}
-# The diffGrad family (PAPER.md §8): each name switches on one DiffGrad option.
+# The diffGrad family (docs/paper.md §8): each name switches on one DiffGrad option.
 FAMILY = {"diffgrad-rect": "rectify", "diffgrad-norm": "adanorm", "diffgrad-inject": "adainject",
           "diffgrad-cautious": "cautious", "diffgrad-gc": "centralize"}
 

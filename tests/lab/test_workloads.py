@@ -373,7 +373,7 @@ def test_autograd_derivatives(name: str, x: float, slope: float) -> None:
 
 
 def test_adam_on_f1_stops_in_the_local_minimum() -> None:
-    """The paper's finding (PAPER.md §5): Adam overshoots F1's global minimum and settles at 0.2."""
+    """The paper's finding (docs/paper.md §5): Adam overshoots F1's global minimum and settles at 0.2."""
     path = trajectory(
         FUNCTIONS["F1"], lambda p: torch.optim.Adam(p, lr=0.1, betas=(0.95, 0.999), eps=1e-8), steps=300
     )

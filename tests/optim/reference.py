@@ -65,7 +65,7 @@ def reference_step(
 ) -> list[float]:
     """One diffGrad step (Eq. 11–20) on a flat list of parameter values; returns the new values.
 
-    The family's modifiers (PAPER §8) when asked: ``centralize_rows`` is the size of the first
+    The family's modifiers (docs/paper.md §8) when asked: ``centralize_rows`` is the size of the first
     dim of a tensor with ≥ 2 dims (the list is its row-major flattening)."""
     n = len(theta)
     if st.step == 0:

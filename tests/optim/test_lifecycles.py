@@ -1,4 +1,4 @@
-"""previous_grad is the optimizer's own copy under every way PyTorch hands out gradients (PAPER.md §2).
+"""previous_grad is the optimizer's own copy under every way PyTorch hands out gradients (docs/paper.md §2).
 
 The published code aliased ``.grad``; whenever the next gradient landed in the same storage, Δg = 0
 and ξ = 0.5 from step 2 on. Each lifecycle below must give exactly the run with fresh gradients.

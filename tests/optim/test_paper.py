@@ -1,4 +1,4 @@
-"""Golden values from the paper's 1-D functions (Sec. V, Eq. 24–26, PAPER.md §5).
+"""Golden values from the paper's 1-D functions (Sec. V, Eq. 24–26, docs/paper.md §5).
 
 The package's run (DiffGrad on the lab's autograd functions) is checked against the independent
 plain-Python reference with hand-written derivatives, and against the paper's findings.

@@ -238,7 +238,7 @@ def _problem_header(problem: Problem) -> str:
     budgets = sorted({i.tuning_budget for i in described if i.protocol == "tuned" and i.tuning_budget > 0})
     if len(budgets) == 1:
         text += f" Tuned optimizers: {budgets[0]} tuning trials each."
-    # A fair comparison gives every optimizer the same budget, schedule and tuning effort (PAPER.md §7).
+    # A fair comparison gives every optimizer the same budget, schedule and tuning effort (docs/paper.md §7).
     if len({(i.steps, i.batch_size, i.target, i.metric_name, i.schedule) for i in described}) > 1:
         text += ("\n\n**Note:** the studies of this workload differ in budget, batch size, target, metric or "
                  "schedule (see each study's info), so their rows are not a like-for-like comparison.")

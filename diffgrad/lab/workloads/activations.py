@@ -1,4 +1,4 @@
-"""The activation functions of the paper's Table III (PAPER.md §6), by name."""
+"""The activation functions of the paper's Table III (docs/paper.md §6), by name."""
 
 from __future__ import annotations
 

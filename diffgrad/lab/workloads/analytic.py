@@ -1,10 +1,10 @@
 """Analytic test functions for optimizer trajectory plots: the paper's 1-D F1, F2, F3
-(PAPER.md §5, Eq. 24–26) and the 2-D Rosenbrock, Beale and Rastrigin functions.
+(docs/paper.md §5, Eq. 24–26) and the 2-D Rosenbrock, Beale and Rastrigin functions.
 
 Not workloads: no data and no model, just ``f`` and a starting point. Each ``f`` takes points of
 shape [..., dim] (one point or a whole plotting grid) and returns values of shape [...]. Piecewise
 functions use ``torch.where`` so autograd yields the true derivative (the paper's notebook got
-F2's wrong; see PAPER.md §5).
+F2's wrong; see docs/paper.md §5).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """``cifar10-resnet`` and ``cifar100-resnet``: the paper's image classification protocol
-(PAPER.md §6) on the python-pickle release of CIFAR read from a local folder (never downloaded).
+(docs/paper.md §6) on the python-pickle release of CIFAR read from a local folder (never downloaded).
 
 - Data: the official pickles (``data_batch_1..5``/``test_batch`` or ``train``/``test``); a fixed
   10 % of the training images (5,000 of 50,000) is the validation split, the 10,000 test images are
-  the test split. (The paper scored on the test set; selecting on it is what §7 warns against.)
+  the test split. (The paper scored on the test set; selecting on it is what docs/paper.md §7 warns against.)
   The pickles are read with an unpickler that builds only dicts, lists, bytes, numbers and numpy
   arrays, so a crafted file cannot run code; a file holding anything else is refused by name.
 - Augmentation (training batches only): zero-pad to 40×40, random 32×32 crop, random horizontal
@@ -307,7 +307,7 @@ class _CifarResNet(ClassificationWorkload):
 
     kind: ClassVar[str]
     eval_batch_size = 500
-    # The paper's budget (§6): 100 epochs at batch 128, evaluated once per epoch.
+    # The paper's budget (docs/paper.md §6): 100 epochs at batch 128, evaluated once per epoch.
     default_budget = Budget(
         steps=epochs_to_steps(EPOCHS, TRAIN_SIZE, BATCH_SIZE),
         batch_size=BATCH_SIZE,
@@ -342,7 +342,7 @@ class _CifarResNet(ClassificationWorkload):
         return (x.float() / 255.0 - self._mean) / self._std
 
 
-# Targets are not measured here (no CIFAR or GPU on the build machine): PAPER.md Table I's Adam at
+# Targets are not measured here (no CIFAR or GPU on the build machine): docs/paper.md §6, Table I's Adam at
 # batch 128 scored 93.72 % / 73.72 % on test after training on all 50k images; with 45k training
 # images the targets keep a margin below that.
 
