@@ -1,4 +1,4 @@
-"""The fused CPU kernel (diffgrad/optim/fused.py, csrc/fused_step.cpp) against the eager
+"""The fused CPU kernel (diffgrad/optim/fused.py, diffgrad/optim/csrc/fused_step.cpp) against the eager
 per-tensor step and the plain-Python reference, its codecs against diffgrad.optim.state bit for
 bit, and its handling of layouts, dtypes, AMP and the build."""
 
