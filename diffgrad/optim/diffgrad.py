@@ -59,8 +59,8 @@ class DiffGrad(Optimizer):
             :class:`~diffgrad.optim.friction.Friction`.
         maximize: maximise the objective (the gradient's sign is flipped first).
         foreach: ``True``: the ``torch._foreach_*`` implementation; ``False``: the per-tensor
-            loop. ``None`` (default) picks per tensor: large CPU tensors take a sliced step built
-            on torch's fused Adam kernel (:mod:`diffgrad.optim.cpu_slices`), the rest foreach.
+            loop. ``None`` (default): CPU tensors take the fused kernel where a C++ compiler can
+            build it (else the per-tensor loop), tensors on other devices the foreach path.
         fused: use the single-pass kernel (:mod:`diffgrad.optim.fused`, CPU tensors): one pass
             over every element reads θ, g and the state and writes θ and the state. It is C++,
             compiled once per machine on first use (a few seconds) and cached on disk.

@@ -14,9 +14,10 @@ and g_t then goes into the optimizer's own ``previous_grad`` buffer (never an al
 
 * :func:`_single_tensor_diffgrad` writes these equations for one tensor at a time;
 * :func:`_multi_tensor_diffgrad` writes the same equations with ``torch._foreach_*`` kernels;
-* ``fused=True`` runs the single-pass kernel of :mod:`diffgrad.optim.fused`;
-* ``foreach=None`` (the default) sends large CPU tensors to the sliced step of
-  :mod:`diffgrad.optim.cpu_slices` where it applies, and the rest to the foreach step.
+* ``fused=True`` runs the single-pass kernel of :mod:`diffgrad.optim.fused` (CPU tensors);
+* ``foreach=None`` (the default) runs that kernel for CPU tensors where it can be built (a C++
+  compiler is present), else the per-tensor path, and the foreach path on other devices; under
+  ``torch.compile``, which cannot trace the kernel, the reference paths.
 
 The reference paths see plain tensors in the compute dtype only: compact state (bfloat16,
 8-bit) and low-precision parameters are unpacked before them and packed after them
@@ -25,6 +26,7 @@ The reference paths see plain tensors in the compute dtype only: compact state (
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, NamedTuple
@@ -34,7 +36,7 @@ from torch import Tensor
 from torch.optim.optimizer import Optimizer, _get_value
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
-from diffgrad.optim import cpu_slices
+from diffgrad.optim import fused as fused_kernel
 from diffgrad.optim.friction import Friction, friction_
 from diffgrad.optim.modifiers import Modifiers, adainject_scale, adanorm_, cautious_, centralized, injected, rectification
 from diffgrad.optim.state import Blockwise8, StateBuffer, compute_dtype, pack, real_numel, unpack
@@ -144,13 +146,18 @@ def diffgrad(
     )
     if fused:
         _fused_diffgrad(state, grad_scale, maximize, hyper)
-        return
-    # ±1/(AMP loss scale), −1 to maximise: the eager paths' one factor on the gradient.
-    hyper["grad_factor"] = (-1.0 if maximize else 1.0) / (1.0 if grad_scale is None else grad_scale.item())
-    if foreach is None:
-        _default_diffgrad(state, hyper)
+    elif foreach is None:
+        _default_diffgrad(state, grad_scale, maximize, hyper)
     else:
-        _stepped_unpacked(_multi_tensor_diffgrad if foreach else _single_tensor_diffgrad, state, hyper)
+        impl = _multi_tensor_diffgrad if foreach else _single_tensor_diffgrad
+        _stepped_unpacked(impl, state, _eager(hyper, grad_scale, maximize))
+
+
+def _eager(hyper: dict[str, Any], grad_scale: Tensor | None, maximize: bool) -> dict[str, Any]:
+    """The reference paths' arguments: ``hyper`` and the one factor they apply to the gradient,
+    ±1/(AMP loss scale), negative to maximise."""
+    grad_factor = (-1.0 if maximize else 1.0) / (1.0 if grad_scale is None else grad_scale.item())
+    return {**hyper, "grad_factor": grad_factor}
 
 
 def _single_tensor_diffgrad(
@@ -362,28 +369,38 @@ def _unpacked(state: _State) -> Iterator[_State]:
                     pack(target, value, sqrt_domain=sqrt_domain)
 
 
-def _default_diffgrad(state: _State, hyper: dict[str, Any]) -> None:
-    """The default eager step: the large CPU tensors that :mod:`~diffgrad.optim.cpu_slices`
-    takes go there, the rest to the foreach step (one dispatch per operation for all of them)."""
-    sliced, rest = [], []
-    for i in range(len(state.params)):
-        (sliced if cpu_slices.applies(state, i, hyper["modifiers"]) else rest).append(i)
-    if sliced:
-        cpu_slices.diffgrad_(*state.subset(sliced)[:7], **hyper)
-    if rest:
-        _stepped_unpacked(_multi_tensor_diffgrad, state.subset(rest), hyper)
+def _default_diffgrad(state: _State, grad_scale: Tensor | None, maximize: bool, hyper: dict[str, Any]) -> None:
+    """The default step: CPU tensors take the fused kernel where it can be built, else the
+    per-tensor path; tensors on other devices the foreach path (one launch per operation for all
+    of them). Under ``torch.compile``, which cannot trace the kernel, CPU tensors take the
+    per-tensor path."""
+    cpu = [i for i, p in enumerate(state.params) if p.device.type == "cpu"]
+    other = [i for i, p in enumerate(state.params) if p.device.type != "cpu"]
+    if cpu and not torch.compiler.is_compiling() and _kernel_available():
+        _fused_diffgrad(state.subset(cpu), grad_scale, maximize, hyper)
+    elif cpu:
+        _stepped_unpacked(_single_tensor_diffgrad, state.subset(cpu), _eager(hyper, grad_scale, maximize))
+    if other:
+        _stepped_unpacked(_multi_tensor_diffgrad, state.subset(other), _eager(hyper, grad_scale, maximize))
+
+
+@functools.cache
+def _kernel_available() -> bool:
+    """Whether the fused kernel is built or can be built here (once per process)."""
+    try:
+        fused_kernel.library()
+    except (RuntimeError, OSError):
+        return False
+    return True
 
 
 def _fused_diffgrad(state: _State, grad_scale: Tensor | None, maximize: bool, hyper: dict[str, Any]) -> None:
     """The single-pass kernel (CPU). A DTensor (FSDP2) parameter's element-wise step needs only
     its local shard; one whose step takes whole-tensor statistics (DFC3–5, AdaNorm, cautious)
     needs collectives, which the per-tensor path's DTensor reductions provide."""
-    from diffgrad.optim.fused import fused_diffgrad_cpu
-
     sharded = [i for i, p in enumerate(state.params) if is_traceable_wrapper_subclass(p)]
     if sharded and (hyper["friction"].uses_stats or hyper["modifiers"].whole_tensor):
-        grad_factor = (-1.0 if maximize else 1.0) / (1.0 if grad_scale is None else grad_scale.item())
-        _stepped_unpacked(_single_tensor_diffgrad, state.subset(sharded), {**hyper, "grad_factor": grad_factor})
+        _stepped_unpacked(_single_tensor_diffgrad, state.subset(sharded), _eager(hyper, grad_scale, maximize))
         state = state.subset([i for i in range(len(state.params)) if i not in set(sharded)])
     elif sharded:
         state = _State(*([_local(t) for t in values] for values in state))
@@ -392,7 +409,7 @@ def _fused_diffgrad(state: _State, grad_scale: Tensor | None, maximize: bool, hy
             raise RuntimeError(f"DiffGrad(fused=True) supports CPU tensors; got a parameter on {p.device} "
                                "(use the default foreach=None there)")
     if state.params:
-        fused_diffgrad_cpu(
+        fused_kernel.fused_diffgrad_cpu(
             *state[:7], grad_scale, None, previous_params=state.previous_params,
             exp_grad_norms=state.exp_grad_norms, maximize=maximize, **hyper,
         )  # fmt: skip

@@ -92,22 +92,18 @@ BATCH = 8  # the global batch; with 2 ranks each sees 4 rows
 IN_FEATURES = 3
 
 
-def _wide() -> int:
-    """An odd width whose layers hold more elements than the per-tensor step's slice (``CHUNK``),
-    so that the sliced code path runs too."""
-    from diffgrad.optim import cpu_slices
-
-    chunk = cpu_slices.CHUNK
-    return chunk // 3 + (2 if (chunk // 3) % 2 else 1)
+# An odd width (uneven dim-0 shards over 2 ranks) whose layers hold a few hundred thousand
+# elements: the fused kernel splits them over its threads.
+WIDE = 87383
 
 
 def make_model(wide: bool = False) -> nn.Module:
     """Weights of 5×3, 3×5 and 1×3 and biases of 5, 3 and 1 elements: over 2 ranks every dim-0
     shard is uneven (3+2, 2+1), and the last layer's shards are 1 row and an empty one. ``wide``
-    adds, in the middle, weights of more than ``CHUNK`` elements: W×3 (W odd: uneven shards) and
-    4×W (even shards, 2 rows each), and a 3×4 one."""
+    adds, in the middle, weights of W×3 (W odd: uneven shards) and 4×W (even shards, 2 rows
+    each) elements, and a 3×4 one."""
     torch.manual_seed(0)
-    w = _wide()
+    w = WIDE
     middle = [nn.Linear(3, w), nn.Tanh(), nn.Linear(w, 4), nn.Tanh(), nn.Linear(4, 3), nn.Tanh()] if wide else []
     return nn.Sequential(
         nn.Linear(IN_FEATURES, 5), nn.Tanh(), nn.Linear(5, 3), nn.Tanh(), *middle, nn.Linear(3, 1)

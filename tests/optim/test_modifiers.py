@@ -89,27 +89,6 @@ def test_rectification_golden_values() -> None:
     torch.testing.assert_close(warm_t, torch.tensor([w for _, w in expected], dtype=torch.float64))
 
 
-@pytest.mark.parametrize("impl", ["default", "foreach"])
-def test_sliced_and_whole_tensor_paths_agree(impl: str) -> None:
-    """A tensor larger than one slice of the default path's sliced step (2^18 elements), float32,
-    with the modifier that step takes (centralisation), against the per-tensor reference path."""
-    options = {"centralize": True, "weight_decay": 0.05}
-    runs = []
-    for path in ("single_tensor", impl):
-        torch.manual_seed(0)
-        p = torch.randn(513, 520, requires_grad=True)
-        opt = DiffGrad([p], **HP, **options, **({} if path == "default" else IMPLEMENTATIONS[path]))
-        g = torch.Generator().manual_seed(2)
-        for _ in range(8):
-            p.grad = torch.randn(p.shape, generator=g)
-            opt.step()
-        runs.append((p, opt.state[p]))
-    (pa, sa), (pb, sb) = runs
-    torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
-    for key in sa:
-        torch.testing.assert_close(sa[key], sb[key], rtol=1e-5, atol=1e-6)
-
-
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 def test_state_dict_round_trip_with_every_modifier(impl: str) -> None:
     """Saved after 7 steps and loaded into a fresh optimizer, the run continues bit for bit."""

@@ -1,57 +1,31 @@
-"""The implementation paths against each other and the reference, including what
-test_reference.py's small tensors do not reach: the default path's sliced step on torch's fused
-Adam kernel (large CPU tensors, :mod:`diffgrad.optim.cpu_slices`) and compact state unpacked in
-batches."""
+"""The implementation paths against each other, including what test_reference.py's small tensors
+do not reach: large tensors, mixed dtypes, compact state unpacked in batches, and the default
+path's choice where the fused kernel cannot be built."""
 
 from __future__ import annotations
+
+import functools
 
 import pytest
 import torch
 
 from diffgrad import DiffGrad
-from diffgrad.optim import cpu_slices, functional
+from diffgrad.optim import functional
 from optim_info import HP, PATHS
 from reference import RefState, reference_kwargs, reference_step
 
 ALL_OPTIONS = {"weight_decay": 0.05, "amsgrad": True, "maximize": True}
 
 
-@pytest.mark.parametrize(
-    "options", [ALL_OPTIONS, {"weight_decay": 0.1, "decoupled_weight_decay": True, "friction": "dfc1"}], ids=["all", "decoupled_dfc1"]
-)
-def test_sliced_default_step_matches_reference(monkeypatch: pytest.MonkeyPatch, options: dict) -> None:
-    """With every CPU tensor sent to the sliced step on torch's fused Adam kernel, float64 still
-    equals the reference."""
-    monkeypatch.setattr(cpu_slices, "MIN_NUMEL", 0)
-    monkeypatch.setattr(cpu_slices, "CHUNK", 5)  # (3, 4) takes three slices, the last one short
-    g = torch.Generator().manual_seed(0)
-    params = [torch.randn(shape, generator=g, dtype=torch.float64).requires_grad_() for shape in [(), (3, 4), (7,)]]
-    opt = DiffGrad(params, **HP, **options)
-    ref = [(p.detach().flatten().tolist(), RefState()) for p in params]
-    for _ in range(40):
-        for i, p in enumerate(params):
-            p.grad = torch.randn(p.shape, generator=g, dtype=torch.float64)
-            theta, st = ref[i]
-            ref[i] = (reference_step(theta, p.grad.flatten().tolist(), st, **reference_kwargs(options, HP)), st)
-        opt.step()
-    for p, (theta, st) in zip(params, ref):
-        torch.testing.assert_close(p.detach().flatten(), torch.tensor(theta, dtype=torch.float64), rtol=1e-12, atol=1e-14)
-        for key, value in (("exp_avg", st.m), ("exp_avg_sq", st.v), ("previous_grad", st.g_prev)):
-            torch.testing.assert_close(opt.state[p][key].flatten(), torch.tensor(value, dtype=torch.float64))
-
-
-@pytest.mark.parametrize(
-    "module, name, state_dtype", [(cpu_slices, "CHUNK", None), (functional, "UNPACK_NUMEL", "8bit")], ids=["slices", "8bit"]
-)
-def test_slices_equal_whole_tensors_bit_for_bit(monkeypatch: pytest.MonkeyPatch, module, name: str, state_dtype) -> None:
-    """The default path's cache-sized slices (an uneven last one included), and compact state
-    unpacked a few tensors at a time, change nothing."""
+def test_compact_state_unpacked_in_batches_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reference paths unpack compact state a few tensors at a time (``UNPACK_NUMEL``): the
+    batches change nothing, bit for bit."""
 
     def run(size: int) -> tuple[list[torch.Tensor], DiffGrad]:
-        monkeypatch.setattr(module, name, size)
+        monkeypatch.setattr(functional, "UNPACK_NUMEL", size)
         g = torch.Generator().manual_seed(0)
         params = [torch.randn(16, 320, generator=g, requires_grad=True), torch.randn(8, 512, generator=g, requires_grad=True)]
-        opt = DiffGrad(params, **HP, **ALL_OPTIONS, state_dtype=state_dtype)
+        opt = DiffGrad(params, **HP, **ALL_OPTIONS, state_dtype="8bit", foreach=True)
         for _ in range(5):
             for p in params:
                 p.grad = torch.randn(p.shape, generator=g)
@@ -59,7 +33,7 @@ def test_slices_equal_whole_tensors_bit_for_bit(monkeypatch: pytest.MonkeyPatch,
         return params, opt
 
     whole_params, whole_opt = run(1 << 30)
-    sliced_params, sliced_opt = run(768)  # 5120 elements: six slices of 768 and one of 512
+    sliced_params, sliced_opt = run(768)  # one tensor at a time
     for p, q in zip(whole_params, sliced_params):
         assert torch.equal(p, q)
         for key, value in whole_opt.state[p].items():
@@ -94,3 +68,27 @@ def test_all_paths_agree_on_every_state_key() -> None:
             for key, value in base_opt.state[p].items():
                 assert opt.state[q][key].dtype == (torch.float32 if key != "step" else value.dtype)
                 torch.testing.assert_close(opt.state[q][key], value, rtol=1e-4, atol=1e-6, msg=f"{name}: {key}")
+
+
+def test_default_path_without_a_compiler_takes_the_per_tensor_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the fused kernel cannot be built, the default path steps CPU tensors with the
+    per-tensor path: the same numbers as ``foreach=False``."""
+
+    def no_compiler() -> None:
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(functional.fused_kernel, "library", no_compiler)
+    monkeypatch.setattr(functional, "_kernel_available", functools.cache(functional._kernel_available.__wrapped__))
+    runs = []
+    for path in ({}, {"foreach": False}):
+        g = torch.Generator().manual_seed(0)
+        p = torch.randn(40, 30, generator=g, requires_grad=True)
+        opt = DiffGrad([p], **HP, **ALL_OPTIONS, **path)
+        for _ in range(5):
+            p.grad = torch.randn(p.shape, generator=g)
+            opt.step()
+        runs.append((p, opt.state[p]))
+    (p, state), (q, expected) = runs
+    assert torch.equal(p, q)
+    for key, value in expected.items():
+        assert torch.equal(state[key], value), key

@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from diffgrad import DiffGrad
-from diffgrad.optim import cpu_slices, functional
+from diffgrad.optim import functional
 from diffgrad.optim.state import BLOCK, MIN_QUANTIZED_NUMEL, compute_dtype
 from optim_info import PATHS, decoded_state
 from reference import RefState, reference_kwargs, reference_step
@@ -40,8 +40,7 @@ GRAD_KINDS = ("random", "repeat", "zeros", "some_zeros", "none")
 LAYOUTS = ("vector", "scalar", "empty", "matrix", "4d", "transposed", "sliced", "channels_last")
 # Shapes with at least MIN_QUANTIZED_NUMEL elements, where 8-bit state applies when the size is a
 # whole number of blocks; (4097,) is not, and stays in the compute dtype. The last "matrix" shape
-# reaches cpu_slices.MIN_NUMEL: the default path sends it to the sliced step on torch's fused Adam
-# kernel (too large for the Python reference; compact draws only).
+# is too large for the Python reference (compact draws only).
 LARGE_SHAPES = {
     "vector": [(4096,), (4608,), (4097,)],
     "matrix": [(16, 256), (17, 256), (128, 256)],
@@ -163,14 +162,9 @@ def cases(
     steps = draw(st.integers(2, max_steps))
     n = len(specs)
     options = draw(option_sets())
-    # The dispatcher's thresholds, lowered so that small draws reach the default path's slices
-    # and compact state is unpacked a few tensors at a time.
-    internals = draw(st.sampled_from([
-        (),
-        ((cpu_slices, "MIN_NUMEL", 0),),
-        ((cpu_slices, "MIN_NUMEL", 0), (cpu_slices, "CHUNK", 2 * BLOCK)),
-        ((functional, "UNPACK_NUMEL", 2 * BLOCK),),
-    ]))  # fmt: skip
+    # The reference paths' batch size, lowered so that compact state is sometimes unpacked a
+    # tensor at a time.
+    internals = draw(st.sampled_from([(), ((functional, "UNPACK_NUMEL", 2 * BLOCK),)]))
     return Case(
         options=options,
         lr=draw(st.sampled_from([1e-2, 1e-3, 0.1])),
