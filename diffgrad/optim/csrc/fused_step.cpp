@@ -117,13 +117,24 @@ void decode_block8(const uint8_t* __restrict codes, float absmax, int64_t n, T* 
   }
 }
 
-// Encode one block (state.store): x in float32 (sqrt(v) for second moments), absmax = max |x|
-// (NaN if any is NaN, as amax), codes of (x·(1/max(absmax, FLT_MIN)))·448.
+// The codes of one block (state.store) from its float32 values x and their absmax = max |x|
+// (``nans``: how many x are NaN, which amax propagates): (x·(1/max(absmax, FLT_MIN)))·448.
+// Returns the absmax to store.
+inline float write_codes8(const float* __restrict x, float absmax, int32_t nans, int64_t n, uint8_t* __restrict codes) {
+  if (nans) absmax = std::numeric_limits<float>::quiet_NaN();
+  const float clamped = absmax < std::numeric_limits<float>::min() ? std::numeric_limits<float>::min() : absmax;
+  const float inverse = 1.0f / clamped;
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) codes[i] = float_to_e4m3(x[i] * inverse * kCodeMax);
+  return absmax;
+}
+
+// Encode one block: x = the values in float32 (sqrt(v) for second moments).
 template <class T, bool kSqrtDomain>
 float encode_block8(const T* __restrict values, int64_t n, uint8_t* __restrict codes) {
   alignas(64) float x[kBlock];
   float absmax = 0.0f;
-  int32_t nans = 0;  // amax propagates NaN
+  int32_t nans = 0;
 #pragma omp simd reduction(max : absmax) reduction(+ : nans)
   for (int64_t i = 0; i < n; ++i) {
     float v = static_cast<float>(values[i]);
@@ -133,12 +144,7 @@ float encode_block8(const T* __restrict values, int64_t n, uint8_t* __restrict c
     nans += a != a;
     absmax = a > absmax ? a : absmax;
   }
-  if (nans) absmax = std::numeric_limits<float>::quiet_NaN();
-  const float clamped = absmax < std::numeric_limits<float>::min() ? std::numeric_limits<float>::min() : absmax;
-  const float inverse = 1.0f / clamped;
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) codes[i] = float_to_e4m3(x[i] * inverse * kCodeMax);
-  return absmax;
+  return write_codes8(x, absmax, nans, n, codes);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -357,6 +363,66 @@ void plain_loop(int64_t n, const Scalars<T>& c, const Block<T>& b) {
   }
 }
 
+// plain_loop with float arithmetic and every state buffer 8-bit: the codes are decoded, the step
+// taken and the blocks' maxima found in one loop, whose sqrt(v) (and sqrt(v_max)) serve both the
+// denominator and the encoding; then the codes are written. The values are those of decoding into
+// arrays, plain_loop and encode_block8 in turn.
+template <bool kCoupled, bool kAmsgrad>
+void plain_loop_blockwise8(int64_t n, const Scalars<float>& c, float* __restrict p, const float* __restrict grad,
+                           const DgTensor& t, int64_t lo) {
+  const int64_t block = lo / kBlock;
+  const uint8_t* __restrict m_codes = static_cast<const uint8_t*>(t.state[kExpAvg]) + lo;
+  const uint8_t* __restrict v_codes = static_cast<const uint8_t*>(t.state[kExpAvgSq]) + lo;
+  const uint8_t* __restrict prev_codes = static_cast<const uint8_t*>(t.state[kPreviousGrad]) + lo;
+  const uint8_t* __restrict vmax_codes = static_cast<const uint8_t*>(t.state[kMaxExpAvgSq]) + lo;
+  const float m_scale = t.absmax[kExpAvg][block] / kCodeMax;
+  const float v_scale = t.absmax[kExpAvgSq][block] / kCodeMax;
+  const float prev_scale = t.absmax[kPreviousGrad][block] / kCodeMax;
+  const float vmax_scale = kAmsgrad ? t.absmax[kMaxExpAvgSq][block] / kCodeMax : 0.0f;
+  alignas(64) float m_new[kBlock], v_root[kBlock], g_new[kBlock], vmax_root[kBlock];
+  float m_absmax = 0.0f, v_absmax = 0.0f, g_absmax = 0.0f, vmax_absmax = 0.0f;
+  int32_t m_nans = 0, v_nans = 0, g_nans = 0, vmax_nans = 0;
+#pragma omp simd reduction(max : m_absmax, v_absmax, g_absmax, vmax_absmax) reduction(+ : m_nans, v_nans, g_nans, vmax_nans)
+  for (int64_t i = 0; i < n; ++i) {
+    const float theta = p[i];
+    float g = grad[i] * c.grad_factor;
+    if constexpr (kCoupled) g = std::fma(c.weight_decay, theta, g);
+    float root = e4m3_to_float(v_codes[i]);
+    root = (root < kSqrtFloor ? kSqrtFloor : root) * v_scale;
+    const float m_t = std::fma(c.beta1, e4m3_to_float(m_codes[i]) * m_scale, c.lerp1 * g);  // Eq. 11
+    const float v_t = std::fma(c.beta2, root * root, c.lerp2 * (g * g));                    // Eq. 12
+    root = std::sqrt(v_t);
+    v_root[i] = root;
+    v_absmax = root > v_absmax ? root : v_absmax;
+    v_nans += root != root;
+    if constexpr (kAmsgrad) {
+      float root_max = e4m3_to_float(vmax_codes[i]);
+      root_max = (root_max < kSqrtFloor ? kSqrtFloor : root_max) * vmax_scale;
+      root = std::sqrt(nan_max(root_max * root_max, v_t));
+      vmax_root[i] = root;
+      vmax_absmax = root > vmax_absmax ? root : vmax_absmax;
+      vmax_nans += root != root;
+    }
+    const float z = std::fabs(e4m3_to_float(prev_codes[i]) * prev_scale - g) * c.slope;  // Eq. 17–19
+    const float denominator = (root + c.eps) * one_plus_exp_neg(z);
+    p[i] = theta * c.decay - c.step_size * m_t / denominator;  // Eq. 13, 20
+    m_new[i] = m_t;
+    g_new[i] = g;
+    const float m_abs = std::fabs(m_t), g_abs = std::fabs(g);
+    m_absmax = m_abs > m_absmax ? m_abs : m_absmax;
+    g_absmax = g_abs > g_absmax ? g_abs : g_absmax;
+    m_nans += m_abs != m_abs;
+    g_nans += g_abs != g_abs;
+  }
+  auto write = [&](int slot, const float* x, float absmax, int32_t nans) {
+    t.absmax[slot][block] = write_codes8(x, absmax, nans, n, static_cast<uint8_t*>(t.state[slot]) + lo);
+  };
+  write(kExpAvg, m_new, m_absmax, m_nans);
+  write(kExpAvgSq, v_root, v_absmax, v_nans);
+  write(kPreviousGrad, g_new, g_absmax, g_nans);
+  if constexpr (kAmsgrad) write(kMaxExpAvgSq, vmax_root, vmax_absmax, vmax_nans);
+}
+
 // Every friction variant and modifier: ξ = scale·sigmoid(z) + shift, z = slope·h(Δg) − offset;
 // AdaNorm's ratio and AdaInject's form on the first moment's input; θ − (ξ·s_t/(sqrt(v) + ε_t)
 // + the rectified warm-up's step)·m, masked as cautious asks. Returns the count of elements
@@ -485,6 +551,17 @@ int64_t step_range(const DgHyper& h, const DgTensor& t, void* param, const void*
                                                    : (amsgrad ? plain_loop<T, false, true> : plain_loop<T, false, false>);
   const GeneralLoop<T> general_step = amsgrad ? (inject ? general_loop<T, true, true> : general_loop<T, true, false>)
                                               : (inject ? general_loop<T, false, true> : general_loop<T, false, false>);
+  // The default step on float32 parameters with 8-bit state: decoding and encoding fused with it.
+  bool fused8 = false;
+  if constexpr (std::is_same_v<T, float>) {
+    fused8 = !general && !count && t.param_format == kFloat32 && t.grad_format == kFloat32 &&
+             t.state_format[kExpAvg] == kBlockwise8 && t.state_format[kExpAvgSq] == kBlockwise8 &&
+             t.state_format[kPreviousGrad] == kBlockwise8 && (!amsgrad || t.state_format[kMaxExpAvgSq] == kBlockwise8);
+  }
+  using Fused8 = void (*)(int64_t, const Scalars<float>&, float*, const float*, const DgTensor&, int64_t);
+  const Fused8 plain8 = h.coupled_weight_decay
+                            ? (amsgrad ? plain_loop_blockwise8<true, true> : plain_loop_blockwise8<true, false>)
+                            : (amsgrad ? plain_loop_blockwise8<false, true> : plain_loop_blockwise8<false, false>);
   alignas(64) T scratch[kSlots + 2][kBlock];
   int64_t agree = 0;
   for (int64_t i = lo; i < hi; i += kBlock) {
@@ -495,6 +572,12 @@ int64_t step_range(const DgHyper& h, const DgTensor& t, void* param, const void*
       prefetch(t.param_format, param, ahead, m);
       prefetch(t.grad_format, grad, ahead, m);
       for (int s = 0; s < kSlots; ++s) prefetch(t.state_format[s], t.state[s], ahead, m);
+    }
+    if constexpr (std::is_same_v<T, float>) {
+      if (fused8) {
+        plain8(n, c, static_cast<float*>(param) + i, static_cast<const float*>(grad) + i, t, i);
+        continue;
+      }
     }
     Block<T> b{};
     b.param = load_block<T>(t.param_format, param, nullptr, false, i, n, count, scratch[kSlots]);
