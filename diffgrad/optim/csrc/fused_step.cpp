@@ -29,6 +29,7 @@
 // inside an item the step runs block by block: buffers in T are read and written in place, other
 // formats are decoded into block-sized arrays on the stack (in L1) and encoded back.
 
+#include <immintrin.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -117,15 +118,48 @@ void decode_block8(const uint8_t* __restrict codes, float absmax, int64_t n, T* 
   }
 }
 
-// The codes of one block (state.store) from its float32 values x and their absmax = max |x|
-// (``nans``: how many x are NaN, which amax propagates): (x·(1/max(absmax, FLT_MIN)))·448.
-// Returns the absmax to store.
-inline float write_codes8(const float* __restrict x, float absmax, int32_t nans, int64_t n, uint8_t* __restrict codes) {
-  if (nans) absmax = std::numeric_limits<float>::quiet_NaN();
+// The largest |x| as the unsigned maximum of the bit patterns of |x|: the order of non-negative
+// floats, with NaN above infinity, so that a NaN propagates as amax propagates it. An integer
+// maximum vectorises as a plain reduction (a float one needs -ffinite-math-only, or an OpenMP
+// reduction, which GCC 12 keeps in memory across iterations).
+inline uint32_t abs_bits(float x) { return bit_cast<uint32_t>(x) & 0x7fffffffu; }
+
+// The codes of one block (state.store) from its float32 values x and their absmax = max |x|:
+// (x·(1/max(absmax, FLT_MIN)))·448. Returns the absmax to store.
+inline float write_codes8(const float* __restrict x, uint32_t absmax_bits, int64_t n, uint8_t* __restrict codes) {
+  const float absmax = bit_cast<float>(absmax_bits);
   const float clamped = absmax < std::numeric_limits<float>::min() ? std::numeric_limits<float>::min() : absmax;
   const float inverse = 1.0f / clamped;
+#if defined(__AVX512F__)
+  // Compiler workaround (GCC 12): vectorising float_to_e4m3 into uint8 stores, GCC narrows each
+  // intermediate to bytes before the selects (three permute-packs per 64 codes); written with
+  // intrinsics, the selects stay in 32-bit lanes and each 16 codes take one narrowing store. The
+  // same operations as float_to_e4m3, so the same codes.
+  const __m512 scale_inverse = _mm512_set1_ps(inverse), code_max = _mm512_set1_ps(kCodeMax);
+  const __m512i sign_bit = _mm512_set1_epi32(static_cast<int32_t>(0x80000000u));
+  const __m512i denorm_mask = _mm512_set1_epi32(141 << 23), one = _mm512_set1_epi32(1);
+  const __m512i rebias = _mm512_set1_epi32(static_cast<int32_t>((static_cast<uint32_t>(7 - 127) << 23) + 0x7ffffu));
+  const __m512i smallest_normal = _mm512_set1_epi32(121 << 23), nan_from = _mm512_set1_epi32(1087 << 20);
+  const __m512i nan_code = _mm512_set1_epi32(0x7f);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 lanes = n - i >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << (n - i)) - 1u);
+    const __m512 f = _mm512_mul_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, x + i), scale_inverse), code_max);
+    __m512i bits = _mm512_castps_si512(f);
+    const __m512i sign = _mm512_and_si512(bits, sign_bit);
+    bits = _mm512_xor_si512(bits, sign);
+    const __m512i subnormal = _mm512_sub_epi32(
+        _mm512_castps_si512(_mm512_add_ps(_mm512_castsi512_ps(bits), _mm512_castsi512_ps(denorm_mask))), denorm_mask);
+    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 20), one);
+    const __m512i normal = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(bits, rebias), odd), 20);
+    __m512i code = _mm512_mask_blend_epi32(_mm512_cmplt_epu32_mask(bits, smallest_normal), normal, subnormal);
+    code = _mm512_mask_mov_epi32(code, _mm512_cmpge_epu32_mask(bits, nan_from), nan_code);
+    code = _mm512_or_si512(code, _mm512_srli_epi32(sign, 24));
+    _mm512_mask_cvtepi32_storeu_epi8(codes + i, lanes, code);
+  }
+#else
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) codes[i] = float_to_e4m3(x[i] * inverse * kCodeMax);
+#endif
   return absmax;
 }
 
@@ -133,18 +167,14 @@ inline float write_codes8(const float* __restrict x, float absmax, int32_t nans,
 template <class T, bool kSqrtDomain>
 float encode_block8(const T* __restrict values, int64_t n, uint8_t* __restrict codes) {
   alignas(64) float x[kBlock];
-  float absmax = 0.0f;
-  int32_t nans = 0;
-#pragma omp simd reduction(max : absmax) reduction(+ : nans)
+  uint32_t absmax = 0;
   for (int64_t i = 0; i < n; ++i) {
     float v = static_cast<float>(values[i]);
     if constexpr (kSqrtDomain) v = std::sqrt(v);
     x[i] = v;
-    const float a = std::fabs(v);
-    nans += a != a;
-    absmax = a > absmax ? a : absmax;
+    absmax = std::max(absmax, abs_bits(v));
   }
-  return write_codes8(x, absmax, nans, n, codes);
+  return write_codes8(x, absmax, n, codes);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -380,9 +410,8 @@ void plain_loop_blockwise8(int64_t n, const Scalars<float>& c, float* __restrict
   const float prev_scale = t.absmax[kPreviousGrad][block] / kCodeMax;
   const float vmax_scale = kAmsgrad ? t.absmax[kMaxExpAvgSq][block] / kCodeMax : 0.0f;
   alignas(64) float m_new[kBlock], v_root[kBlock], g_new[kBlock], vmax_root[kBlock];
-  float m_absmax = 0.0f, v_absmax = 0.0f, g_absmax = 0.0f, vmax_absmax = 0.0f;
-  int32_t m_nans = 0, v_nans = 0, g_nans = 0, vmax_nans = 0;
-#pragma omp simd reduction(max : m_absmax, v_absmax, g_absmax, vmax_absmax) reduction(+ : m_nans, v_nans, g_nans, vmax_nans)
+  uint32_t m_absmax = 0, v_absmax = 0, g_absmax = 0, vmax_absmax = 0;
+#pragma omp simd reduction(max : m_absmax, v_absmax, g_absmax, vmax_absmax)
   for (int64_t i = 0; i < n; ++i) {
     const float theta = p[i];
     float g = grad[i] * c.grad_factor;
@@ -393,34 +422,29 @@ void plain_loop_blockwise8(int64_t n, const Scalars<float>& c, float* __restrict
     const float v_t = std::fma(c.beta2, root * root, c.lerp2 * (g * g));                    // Eq. 12
     root = std::sqrt(v_t);
     v_root[i] = root;
-    v_absmax = root > v_absmax ? root : v_absmax;
-    v_nans += root != root;
+    v_absmax = std::max(v_absmax, abs_bits(root));
     if constexpr (kAmsgrad) {
       float root_max = e4m3_to_float(vmax_codes[i]);
       root_max = (root_max < kSqrtFloor ? kSqrtFloor : root_max) * vmax_scale;
       root = std::sqrt(nan_max(root_max * root_max, v_t));
       vmax_root[i] = root;
-      vmax_absmax = root > vmax_absmax ? root : vmax_absmax;
-      vmax_nans += root != root;
+      vmax_absmax = std::max(vmax_absmax, abs_bits(root));
     }
     const float z = std::fabs(e4m3_to_float(prev_codes[i]) * prev_scale - g) * c.slope;  // Eq. 17–19
     const float denominator = (root + c.eps) * one_plus_exp_neg(z);
     p[i] = theta * c.decay - c.step_size * m_t / denominator;  // Eq. 13, 20
     m_new[i] = m_t;
     g_new[i] = g;
-    const float m_abs = std::fabs(m_t), g_abs = std::fabs(g);
-    m_absmax = m_abs > m_absmax ? m_abs : m_absmax;
-    g_absmax = g_abs > g_absmax ? g_abs : g_absmax;
-    m_nans += m_abs != m_abs;
-    g_nans += g_abs != g_abs;
+    m_absmax = std::max(m_absmax, abs_bits(m_t));
+    g_absmax = std::max(g_absmax, abs_bits(g));
   }
-  auto write = [&](int slot, const float* x, float absmax, int32_t nans) {
-    t.absmax[slot][block] = write_codes8(x, absmax, nans, n, static_cast<uint8_t*>(t.state[slot]) + lo);
+  auto write = [&](int slot, const float* x, uint32_t absmax) {
+    t.absmax[slot][block] = write_codes8(x, absmax, n, static_cast<uint8_t*>(t.state[slot]) + lo);
   };
-  write(kExpAvg, m_new, m_absmax, m_nans);
-  write(kExpAvgSq, v_root, v_absmax, v_nans);
-  write(kPreviousGrad, g_new, g_absmax, g_nans);
-  if constexpr (kAmsgrad) write(kMaxExpAvgSq, vmax_root, vmax_absmax, vmax_nans);
+  write(kExpAvg, m_new, m_absmax);
+  write(kExpAvgSq, v_root, v_absmax);
+  write(kPreviousGrad, g_new, g_absmax);
+  if constexpr (kAmsgrad) write(kMaxExpAvgSq, vmax_root, vmax_absmax);
 }
 
 // Every friction variant and modifier: ξ = scale·sigmoid(z) + shift, z = slope·h(Δg) − offset;
