@@ -434,6 +434,7 @@ class _Objective:
             trial.report(val_metric, step)
             self.progress.at(label, step, self.plan.budget.steps, val_metric)
 
+        started = time.perf_counter()
         result = train(
             self.plan.workload,
             self.plan.optimizer,
@@ -458,7 +459,7 @@ class _Objective:
             **dataclasses.asdict(result),
         )
         trial.set_user_attr(RECORD_KEY, record.to_attr())
-        self.progress.done()
+        self.progress.done(label, result.final_val_metric, time.perf_counter() - started)
         return result.final_val_metric
 
     def _surplus(self, number: int, phase: str, seed: int) -> bool:
@@ -474,20 +475,34 @@ class _Objective:
 
 
 class _Progress:
-    """One bar over the runs of all studies; its text follows the current run's evaluations."""
+    """Progress over the runs of all studies.
+
+    On a terminal, one bar whose text follows the current run's evaluations. Elsewhere (stderr
+    redirected to a log file or a pipe), one line per finished run through the ``diffgrad`` logger
+    at INFO, e.g. ``run 7/33: digits-cnn/adam/tuned #6 tune seed 0: val 0.9723 (12.3 s)``.
+    Disabled, neither.
+    """
 
     def __init__(self, enabled: bool, total: int, initial: int) -> None:
         from tqdm.auto import tqdm
 
-        # disable=None: tqdm turns itself off when stderr is not a terminal.
-        self.bar = tqdm(total=total, initial=initial, unit="run", file=sys.stderr, disable=None if enabled else True,
-                        dynamic_ncols=True)
+        try:
+            terminal = sys.stderr.isatty()
+        except (AttributeError, ValueError):  # replaced or closed stderr
+            terminal = False
+        self.total, self.finished = total, initial
+        self.log = enabled and not terminal
+        self.bar = tqdm(total=total, initial=initial, unit="run", file=sys.stderr,
+                        disable=not (enabled and terminal), dynamic_ncols=True)
 
     def at(self, label: str, step: int, steps: int, val_metric: float) -> None:
         self.bar.set_postfix_str(f"{label} step {step}/{steps} val {val_metric:.4g}")
 
-    def done(self) -> None:
+    def done(self, label: str, val_metric: float, seconds: float) -> None:
+        self.finished += 1
         self.bar.update()
+        if self.log:
+            logger.info("run %d/%d: %s: val %.4g (%.1f s)", self.finished, self.total, label, val_metric, seconds)
 
     def close(self) -> None:
         self.bar.close()
