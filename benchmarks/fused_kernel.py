@@ -1,7 +1,13 @@
 """Time DiffGrad's fused CPU kernel (``fused=True``) against ``torch.optim.Adam(fused=True)``.
 
     python benchmarks/fused_kernel.py                  # ResNet-50 list, 20 rounds x 3 steps
-    python benchmarks/fused_kernel.py --rounds 40 --threads 1
+    python benchmarks/fused_kernel.py --rounds 40 --threads 1 --clock cpu
+
+--clock cpu times steps by the process's CPU time instead of the wall clock: with one thread it
+leaves out the time the process waits while other tenants run (with several it would count
+OpenMP's spin-waiting, so it is meant for --threads 1). On a loaded machine the wall-clock ratio
+at several threads is dominated by how each optimizer's threads get descheduled (Adam's step
+opens one OpenMP region per tensor, each waiting at its barrier for a preempted thread).
 
 Everything is timed in one process, the rows interleaved round by round (each round starting one
 row later), so that on a shared machine every row sees the same background load; a row's ratio
@@ -79,7 +85,7 @@ def _params(shapes: list[tuple[int, ...]]) -> list[torch.Tensor]:
 
 
 def interleaved(
-    optimizers: dict[str, torch.optim.Optimizer], rounds: int, steps: int
+    optimizers: dict[str, torch.optim.Optimizer], rounds: int, steps: int, clock: Callable[[], float] = time.perf_counter
 ) -> dict[str, list[float]]:
     """Per round and row, the median time of ``steps`` steps; rows rotated round by round."""
     names = list(optimizers)
@@ -88,9 +94,9 @@ def interleaved(
         for name in names[r % len(names) :] + names[: r % len(names)]:
             samples = []
             for _ in range(steps):
-                start = time.perf_counter()
+                start = clock()
                 optimizers[name].step()
-                samples.append(time.perf_counter() - start)
+                samples.append(clock() - start)
             times[name].append(statistics.median(samples))
     return times
 
@@ -116,15 +122,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per row per round")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="wall clock or process CPU time")
     parser.add_argument("--skip-first-step", action="store_true", help="skip the cold/warm first-step runs")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     shapes = resnet50_shapes()
     numel = sum(math.prod(s) for s in shapes)
     print(
         f"# DiffGrad fused CPU kernel — torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"{time.strftime('%Y-%m-%d %H:%M')}, {args.rounds} rounds x {args.steps} steps"
+        f"{time.strftime('%Y-%m-%d %H:%M')}, {args.rounds} rounds x {args.steps} steps, {args.clock} clock"
     )
 
     print(f"\n## ResNet-50 list: {len(shapes)} tensors, {numel / 1e6:.2f} M float32 parameters\n")
@@ -135,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, opt in optimizers.items():
         opt.step()
         peaks[name] = peak_extra_bytes(opt.step, torch.device("cpu"))
-    times = interleaved(optimizers, args.rounds, args.steps)
+    times = interleaved(optimizers, args.rounds, args.steps, clock)
     anchor = times["Adam fused"]
     print("| row | median ms | x Adam fused: median [q1, q3] | min | max | target | peak extra MB (% params) |")
     print("|---|---|---|---|---|---|---|")
@@ -155,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     optimizers = {name: ROWS[name](small) for name in ("Adam fused", "DiffGrad fused fp32 state")}
     for opt in optimizers.values():
         opt.step()
-    times = interleaved(optimizers, args.rounds, 20)
+    times = interleaved(optimizers, args.rounds, 20, clock)
     for name, values in times.items():
         print(f"- {name}: {statistics.median(values) * 1e3:.3f} ms per step (median of rounds)")
 
