@@ -183,7 +183,8 @@ float encode_block8(const T* __restrict values, int64_t n, uint8_t* __restrict c
 // for double: truncation error under 2^−(p+3) relative, p the mantissa bits), 2^{−n} written
 // into the exponent field. Above z = (p + 2)·ln 2, e^{−z} is under a quarter unit of 1, so z is
 // clamped there; below −(bias − 2)·ln 2, 1 + e^{−z} would overflow, and there the logistic is
-// under the smallest normal number, so z is clamped there too. NaN stays NaN.
+// under the smallest normal number, so z is clamped there too (unless ``kNonNegative``: the
+// default friction's z = slope·|Δg| ≥ 0). NaN stays NaN.
 
 template <class T>
 struct FloatTraits;
@@ -221,7 +222,7 @@ inline T horner(T x) {
   }
 }
 
-template <class T>
+template <class T, bool kNonNegative = false>
 inline T one_plus_exp_neg(T z) {
   using F = FloatTraits<T>;
   constexpr T kLn2Hi = static_cast<T>(0.693145751953125);  // few bits: n·kLn2Hi is exact
@@ -232,7 +233,7 @@ inline T one_plus_exp_neg(T z) {
   // Adding and subtracting 1.5·2^p rounds to the nearest integer (no -ffast-math here).
   constexpr T kShifter = static_cast<T>(1.5 * static_cast<double>(typename F::Bits{1} << F::kMantissa));
   z = z > kHigh ? kHigh : z;
-  z = z < kLow ? kLow : z;
+  if constexpr (!kNonNegative) z = z < kLow ? kLow : z;
   const T n = (z * kLog2E + kShifter) - kShifter;
   const T minus_r = (n * kLn2Hi - z) + n * kLn2Lo;
   const T taylor = horner<T, F::kDegree>(minus_r);
@@ -388,7 +389,7 @@ void plain_loop(int64_t n, const Scalars<T>& c, const Block<T>& b) {
     }
     const T z = std::fabs(prev[i] - g) * c.slope;             // Eq. 17–19
     prev[i] = g;
-    const T denominator = (std::sqrt(v_t) + c.eps) * one_plus_exp_neg(z);
+    const T denominator = (std::sqrt(v_t) + c.eps) * one_plus_exp_neg<T, true>(z);
     p[i] = theta * c.decay - c.step_size * m_t / denominator;  // Eq. 13, 20
   }
 }
@@ -431,7 +432,7 @@ void plain_loop_blockwise8(int64_t n, const Scalars<float>& c, float* __restrict
       vmax_absmax = std::max(vmax_absmax, abs_bits(root));
     }
     const float z = std::fabs(e4m3_to_float(prev_codes[i]) * prev_scale - g) * c.slope;  // Eq. 17–19
-    const float denominator = (root + c.eps) * one_plus_exp_neg(z);
+    const float denominator = (root + c.eps) * one_plus_exp_neg<float, true>(z);
     p[i] = theta * c.decay - c.step_size * m_t / denominator;  // Eq. 13, 20
     m_new[i] = m_t;
     g_new[i] = g;
