@@ -14,7 +14,8 @@ layout: 3×3 stem, bottleneck stages [3, 4, 6, 3], 10-way linear head): 161 tens
 parameters, generated here from the layer structure. ``single`` is one tensor of 25 M elements
 (rounded to whole 256-element blocks, for 8-bit state). ``resnet50x4`` is the ResNet-50 list
 repeated 4 times (the same shapes, 4× the tensors): only its first steps are measured, to show
-whether a path's start-up grows with the number of tensors. ``--scale k`` multiplies the widths of
+whether a path's start-up grows with the number of tensors. ``small`` is 161 one-element
+tensors: what is left is each optimizer's per-step overhead. ``--scale k`` multiplies the widths of
 ResNet-50 by sqrt(k) (about k times the parameters) and the single tensor by k.
 
 Columns:
@@ -168,12 +169,18 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+# The clock of the timed steps: wall time, or with --clock cpu the process's CPU time, which with
+# one thread leaves out the time the process waits while other tenants of a shared machine run
+# (with several threads it would count OpenMP's spin-waiting).
+CLOCK: Callable[[], float] = time.perf_counter
+
+
 def _timed(fn: Callable[[], object], device: torch.device) -> float:
     _sync(device)
-    start = time.perf_counter()
+    start = CLOCK()
     fn()
     _sync(device)
-    return time.perf_counter() - start
+    return CLOCK() - start
 
 
 def _state_bytes(opt: torch.optim.Optimizer) -> int:
@@ -261,6 +268,8 @@ def case_shapes(case: str, scale: float) -> list[tuple[int, ...]]:
         return resnet50_shapes(math.sqrt(scale))
     if case == "resnet50x4":
         return resnet50_shapes(math.sqrt(scale)) * 4
+    if case == "small":
+        return [(1,)] * 161
     if case == "single":
         # 25 M rounded to whole 256-element blocks, so that 8-bit state applies.
         return [(round(25_000_000 * scale / 256) * 256,)]
@@ -363,7 +372,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--cases", default="resnet50,resnet50x4,single", help="comma-separated: resnet50, resnet50x4, single")
+    parser.add_argument(
+        "--cases", default="resnet50,resnet50x4,single,small", help="comma-separated: resnet50, resnet50x4, single, small"
+    )
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="cpu: process CPU time (for --threads 1)")
     parser.add_argument("--scale", type=float, default=1.0, help="parameter count multiplier (GPU: 5 for 100 M+)")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per candidate per round")
@@ -374,6 +387,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--first-step-of", metavar="ROW", help=argparse.SUPPRESS)  # one first step, in a child
     args = parser.parse_args(argv)
 
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     rows = candidates(fused_variants=not args.no_compact, modifiers=args.modifiers)
@@ -385,18 +402,19 @@ def main(argv: list[str] | None = None) -> None:
         keep = [s.strip() for s in args.only.split(",")]
         rows = {k: v for i, (k, v) in enumerate(rows.items()) if i == 0 or any(s in k for s in keep)}
     child_argv = ["--device", args.device, "--dtype", args.dtype, "--scale", str(args.scale)]
+    child_argv += ["--threads", str(args.threads)] if args.threads else []
     child_argv += ["--no-compact"] * args.no_compact + ["--modifiers"] * args.modifiers
     print(
         f"# DiffGrad step benchmark — torch {torch.__version__}, {device}"
         f" ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}),"
-        f" {time.strftime('%Y-%m-%d')}, {args.rounds} rounds x {args.steps} steps"
+        f" {time.strftime('%Y-%m-%d')}, {args.rounds} rounds x {args.steps} steps, {args.clock} clock"
     )
     cases = args.cases.split(",")
     first: dict[str, dict[str, tuple[float, float]]] = {row: {} for row in rows}
     for case in cases:
         shapes = case_shapes(case, args.scale)
         numel = sum(math.prod(s) for s in shapes)
-        if not args.no_first_step:
+        if not args.no_first_step and case != "small":
             # The 4x list's point is the first step: DiffGrad's rows and the anchor only.
             for row in [r for i, r in enumerate(rows) if case != "resnet50x4" or i == 0 or r.startswith("DiffGrad")]:
                 print(f"  first steps in new processes: {case}, {row}", file=sys.stderr, flush=True)
