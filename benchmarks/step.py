@@ -93,8 +93,9 @@ def resnet50_shapes(width_scale: float = 1.0, num_classes: int = 10) -> list[tup
 MODIFIERS = ("rectify", "adanorm", "adainject", "cautious", "centralize")
 
 
-def candidates(fused_variants: bool, modifiers: bool = False) -> dict[str, Factory]:
-    """The optimizers to time, by row name; the first is the anchor of the ratios."""
+def candidates(fused_variants: bool, modifiers: bool = False, device: str = "cpu") -> dict[str, Factory]:
+    """The optimizers to time on ``device``, by row name; the first is the anchor of the ratios.
+    DiffGrad's fused kernel is a CPU kernel: its rows are left out on other devices."""
     rows: dict[str, Factory] = {
         "Adam fused (anchor)": lambda p: torch.optim.Adam(p, fused=True),
         "Adam default": lambda p: torch.optim.Adam(p),
@@ -130,12 +131,17 @@ def candidates(fused_variants: bool, modifiers: bool = False) -> dict[str, Facto
     rows["DiffGrad default"] = lambda p: DiffGrad(p)
     rows["DiffGrad per-tensor"] = lambda p: DiffGrad(p, foreach=False)
     rows["DiffGrad foreach"] = lambda p: DiffGrad(p, foreach=True)
-    rows["DiffGrad fused"] = lambda p: DiffGrad(p, fused=True)  # CPU tensors
     if fused_variants:
+        rows["DiffGrad default bf16 state"] = lambda p: DiffGrad(p, state_dtype=torch.bfloat16)
+        rows["DiffGrad default 8-bit state"] = lambda p: DiffGrad(p, state_dtype="8bit")
+    cpu = torch.device(device).type == "cpu"
+    if cpu:
+        rows["DiffGrad fused"] = lambda p: DiffGrad(p, fused=True)
+    if cpu and fused_variants:
         rows["DiffGrad fused bf16 state"] = lambda p: DiffGrad(p, fused=True, state_dtype=torch.bfloat16)
         rows["DiffGrad fused 8-bit state"] = lambda p: DiffGrad(p, fused=True, state_dtype="8bit")
     if modifiers:
-        for path, options in (("default", {}), ("fused", {"fused": True})):
+        for path, options in (("default", {}), ("fused", {"fused": True}))[: 2 if cpu else 1]:
             for name in MODIFIERS:
                 rows[f"DiffGrad {path} +{name}"] = lambda p, o={**options, name: True}: DiffGrad(p, **o)
     return rows
@@ -393,7 +399,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
-    rows = candidates(fused_variants=not args.no_compact, modifiers=args.modifiers)
+    rows = candidates(fused_variants=not args.no_compact, modifiers=args.modifiers, device=args.device)
     if args.first_step_of:
         opt = rows[args.first_step_of](_params(case_shapes(args.cases, args.scale), device, dtype))
         print(_timed(opt.step, device))

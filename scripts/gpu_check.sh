@@ -28,7 +28,8 @@ PY
     for dtype in float32 bfloat16; do
         echo
         echo "## Step benchmark, cuda, $dtype parameters, ResNet-50 widths x sqrt(5) (about 118 M parameters)"
-        timeout 150 python3 benchmarks/step.py --device cuda --dtype "$dtype" --scale 5 --cases resnet50 --rounds 8 2>&1 || status=1
+        timeout 150 python3 benchmarks/step.py --device cuda --dtype "$dtype" --scale 5 --cases resnet50 --rounds 8 \
+            --no-first-step --only "Adam,DiffGrad,pytorch_optimizer,bitsandbytes" 2>&1 || status=1
     done
 } 2>&1 | tee "$results"
 echo "results: $results"
