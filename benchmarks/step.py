@@ -60,6 +60,9 @@ from torch import Tensor
 
 from diffgrad import DiffGrad
 
+# Offline: bitsandbytes looks for optional kernels on the Hugging Face Hub when it is imported.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 Factory = Callable[[list[Tensor]], torch.optim.Optimizer]
 
 
