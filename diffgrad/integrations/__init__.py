@@ -1,0 +1,1 @@
+"""Hooks that make ``DiffGrad`` available by name in other libraries' optimizer factories."""
