@@ -54,7 +54,7 @@ def main() -> None:
         opt.step()
 
     # The schedule is applied by hand: a torch.optim.lr_scheduler wraps opt.step in a function
-    # that Dynamo never traces (torch/optim/lr_scheduler.py is on its skip list), which costs a
+    # that Dynamo never traces (the module torch.optim.lr_scheduler is on its skip list), which costs a
     # graph break in front of any optimizer's compiled step.
     for i in range(args.steps):
         g = torch.Generator().manual_seed(i)

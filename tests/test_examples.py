@@ -27,7 +27,10 @@ def run_example(script: str, *args: str, nproc: int = 0) -> str:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
     output = result.stdout + result.stderr
-    assert result.returncode == 0, f"{' '.join(command)} exited with {result.returncode}:\n{output[-6000:]}"
+    if result.returncode != 0:
+        # The cause is usually near the start (a rank's traceback), the launcher's summary at the end.
+        shown = output if len(output) < 12000 else output[:6000] + "\n[...]\n" + output[-6000:]
+        pytest.fail(f"{' '.join(command)} exited with {result.returncode}:\n{shown}", pytrace=False)
     return output
 
 
