@@ -64,7 +64,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.seeds < 2:
         parser.error("--seeds must be at least 2: the table reports a standard deviation over seeds")
-    print(f"# compact state: {args.steps} steps, {args.seeds} seeds, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}\n")
+    print(
+        f"# compact state: {args.steps} steps, {args.seeds} seeds, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}\n"
+    )
     print("| state_dtype | state B/param | final train loss | held-out accuracy |")
     print("|---|---|---|---|")
     for name, state_dtype in SETTINGS.items():

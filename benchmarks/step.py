@@ -351,7 +351,11 @@ def check_targets(rows: list[Row]) -> list[str]:
         ratio = paired_ratio(by["DiffGrad fused"], anchor)
         checks.append(("fused <= 1.35 x Adam(fused=True)", ratio, ratio <= 1.35))
         checks.append(
-            ("fused peak extra memory <= 5 % of param bytes (%)", by["DiffGrad fused"].peak_pct, by["DiffGrad fused"].peak_pct <= 5)  # type: ignore[attr-defined]
+            (
+                "fused peak extra memory <= 5 % of param bytes (%)",
+                by["DiffGrad fused"].peak_pct,
+                by["DiffGrad fused"].peak_pct <= 5,
+            )  # type: ignore[attr-defined]
         )
     for name, limit in (("DiffGrad fused bf16 state", 1.20), ("DiffGrad fused 8-bit state", 1.60)):
         if name in by:
@@ -382,10 +386,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument(
-        "--cases", default="resnet50,resnet50x4,single,small", help="comma-separated: resnet50, resnet50x4, single, small"
+        "--cases",
+        default="resnet50,resnet50x4,single,small",
+        help="comma-separated: resnet50, resnet50x4, single, small",
     )
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
-    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="cpu: process CPU time (for --threads 1)")
+    parser.add_argument(
+        "--clock", choices=("wall", "cpu"), default="wall", help="cpu: process CPU time (for --threads 1)"
+    )
     parser.add_argument("--scale", type=float, default=1.0, help="parameter count multiplier (GPU: 5 for 100 M+)")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per candidate per round")
@@ -446,8 +454,10 @@ def main(argv: list[str] | None = None) -> None:
                 single, repeated = first[row].get("resnet50"), first[row].get("resnet50x4")
                 if single and repeated:
                     ratio = repeated[0] / single[0]
-                    print(f"- {'met' if ratio <= 1.2 else 'MISSED'}: {row}: first step (cold) on the 4x list "
-                          f"<= 1.2 x on the list: {ratio:.2f}")
+                    print(
+                        f"- {'met' if ratio <= 1.2 else 'MISSED'}: {row}: first step (cold) on the 4x list "
+                        f"<= 1.2 x on the list: {ratio:.2f}"
+                    )
         for row in (r for r in rows if r.startswith("DiffGrad fused")):
             if "resnet50" in first[row]:
                 cold, warm = first[row]["resnet50"]

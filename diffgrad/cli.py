@@ -112,9 +112,11 @@ def _run_list(args: argparse.Namespace) -> int:
             for key, default in workload_options(name).items()
         )
         print(f"  {name:<16} {cls.description}")
-        print(f"  {'':<16} metric {cls.metric_name} ({direction} is better), target {cls.target}; "
-              f"budget {budget.steps} steps x batch {budget.batch_size}, eval every {budget.eval_every}"
-              + (f"; options: {options}" if options else ""))
+        print(
+            f"  {'':<16} metric {cls.metric_name} ({direction} is better), target {cls.target}; "
+            f"budget {budget.steps} steps x batch {budget.batch_size}, eval every {budget.eval_every}"
+            + (f"; options: {options}" if options else "")
+        )
     print()
     print("Optimizers (diffgrad compare --optimizers A,B,...):")
     for spec in list_optimizers(include_unavailable=True):
@@ -143,64 +145,95 @@ def _add_compare(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--workload", required=True, help="workload name (see `diffgrad list`)")
     parser.add_argument(
-        "--optimizers", required=True, type=_names, metavar="A,B,...",
+        "--optimizers",
+        required=True,
+        type=_names,
+        metavar="A,B,...",
         help="comma-separated optimizer names (see `diffgrad list`)",
     )
     parser.add_argument(
-        "--protocol", choices=("paper", "tuned"), default="tuned",
+        "--protocol",
+        choices=("paper", "tuned"),
+        default="tuned",
         help="paper: lr 1e-3 and defaults for all, no tuning (the paper's protocol); tuned: BUDGET "
         "trials per optimizer search its learning rate on the validation split, then the best setting "
         "is rerun with SEEDS seeds and scored on test (default: %(default)s)",
     )
     parser.add_argument(
-        "--budget", type=_positive, default=20,
+        "--budget",
+        type=_positive,
+        default=20,
         help="tuning trials per optimizer, protocol tuned only (default: %(default)s)",
     )
     parser.add_argument(
         "--seeds", type=_positive, default=5, help="final runs per optimizer, seeds 1..SEEDS (default: %(default)s)"
     )
     parser.add_argument(
-        "--storage", metavar="URL",
+        "--storage",
+        metavar="URL",
         help="SQLAlchemy database URL, e.g. sqlite:///results.db or postgresql://user@host/db "
         "(default: OUT/results.db)",
     )
-    parser.add_argument("--out", default="results", metavar="DIR", help="output folder for the report and default "
-                        "database (default: %(default)s)")
+    parser.add_argument(
+        "--out",
+        default="results",
+        metavar="DIR",
+        help="output folder for the report and default database (default: %(default)s)",
+    )
     parser.add_argument("--steps", type=_positive, help="training steps per run (default: the workload's budget)")
     parser.add_argument("--batch-size", type=_positive, help="batch size (default: the workload's budget)")
     parser.add_argument(
-        "--eval-every", type=_positive, metavar="N",
+        "--eval-every",
+        type=_positive,
+        metavar="N",
         help="evaluate on the validation split every N steps and at the end (default: the workload's budget)",
     )
     parser.add_argument(
-        "--schedule", choices=("constant", "step"), default="constant",
+        "--schedule",
+        choices=("constant", "step"),
+        default="constant",
         help="learning-rate schedule, the same for every optimizer: constant, or step (x0.1 at 80%% of "
         "the steps, as in the paper) (default: %(default)s)",
     )
     parser.add_argument(
-        "--option", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+        "--option",
+        action="append",
+        type=_key_value,
+        default=[],
+        metavar="KEY=VALUE",
         help="workload option, repeatable (e.g. activation=elu, data_dir=~/data/cifar; see `diffgrad list`)",
     )
     parser.add_argument(
-        "--hparam", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+        "--hparam",
+        action="append",
+        type=_key_value,
+        default=[],
+        metavar="KEY=VALUE",
         help="hyper-parameter for every optimizer, repeatable (e.g. weight_decay=5e-4); fixed, so "
         "taken out of the tuned search space",
     )
-    parser.add_argument("--tag", default="", help="label grouping the studies of one experiment; a new tag "
-                        "starts new studies")
+    parser.add_argument(
+        "--tag", default="", help="label grouping the studies of one experiment; a new tag starts new studies"
+    )
     parser.add_argument("--device", default="cpu", help="torch device to train on (default: %(default)s)")
     parser.add_argument(
-        "--threads", type=_positive, metavar="N",
+        "--threads",
+        type=_positive,
+        metavar="N",
         help="torch CPU threads (default: torch's choice); fix it to get identical numbers on other machines",
     )
     parser.add_argument("--no-report", action="store_true", help="only train; do not write the report")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or progress messages")
     parser.add_argument(
-        "--heartbeat-interval", type=_positive, metavar="S",
+        "--heartbeat-interval",
+        type=_positive,
+        metavar="S",
         help="seconds between heartbeats of a running trial (default: 10)",
     )
     parser.add_argument(
-        "--grace-period", type=_positive, metavar="S",
+        "--grace-period",
+        type=_positive,
+        metavar="S",
         help="a RUNNING trial without heartbeat for S seconds is considered dead (its process was killed) "
         "and is retried by the next run of this command (default: 60)",
     )
@@ -217,10 +250,22 @@ def _run_compare(args: argparse.Namespace) -> int:
     given = {"heartbeat_interval": args.heartbeat_interval, "grace_period": args.grace_period}
     try:
         studies = runner.compare(
-            args.workload, args.optimizers, protocol=args.protocol, budget=args.budget, seeds=args.seeds,
-            storage=args.storage, out_dir=args.out, workload_options=dict(args.option), hparams=dict(args.hparam),
-            steps=args.steps, batch_size=args.batch_size, eval_every=args.eval_every, schedule=args.schedule,
-            tag=args.tag, device=args.device, progress=not args.quiet,
+            args.workload,
+            args.optimizers,
+            protocol=args.protocol,
+            budget=args.budget,
+            seeds=args.seeds,
+            storage=args.storage,
+            out_dir=args.out,
+            workload_options=dict(args.option),
+            hparams=dict(args.hparam),
+            steps=args.steps,
+            batch_size=args.batch_size,
+            eval_every=args.eval_every,
+            schedule=args.schedule,
+            tag=args.tag,
+            device=args.device,
+            progress=not args.quiet,
             **{key: value for key, value in given.items() if value is not None},
         )
     except runner.ConfigError as error:
@@ -253,12 +298,16 @@ def _render(url: str, out: str, *, title: str | None, tag: str | None) -> None:
 
 def _add_report(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "report", help="write the report of a results database",
+        "report",
+        help="write the report of a results database",
         description="Write report.md, report.html and plots from a results database (reads it only).",
     )
-    parser.add_argument("--out", default="results", metavar="DIR",
-                        help="folder to write the report to; its results.db is the default database "
-                        "(default: %(default)s)")
+    parser.add_argument(
+        "--out",
+        default="results",
+        metavar="DIR",
+        help="folder to write the report to; its results.db is the default database (default: %(default)s)",
+    )
     parser.add_argument("--storage", metavar="URL", help="SQLAlchemy database URL (default: OUT/results.db)")
     parser.add_argument("--tag", help="only the studies with this tag")
     parser.add_argument("--title", help="report title")
@@ -281,8 +330,9 @@ def _run_report(args: argparse.Namespace) -> int:
     if args.tag is not None:
         tags = sorted({info.tag for info in load_study_infos(url).values()})
         if args.tag not in tags:
-            raise UsageError(f"no studies with tag {args.tag!r} in {_shown(url)}; "
-                             f"tags there: {', '.join(map(repr, tags)) or 'none'}")
+            raise UsageError(
+                f"no studies with tag {args.tag!r} in {_shown(url)}; tags there: {', '.join(map(repr, tags)) or 'none'}"
+            )
     _output_folder(args.out)
     _render(url, args.out, title=args.title, tag=args.tag)
     return 0
@@ -293,7 +343,8 @@ def _run_report(args: argparse.Namespace) -> int:
 
 def _add_reproduce(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "reproduce", help="rerun the paper's experiments and write one report",
+        "reproduce",
+        help="rerun the paper's experiments and write one report",
         description=(
             "Rerun the diffGrad paper's experiments (1-D functions, regret, Tables I-III), a fair tuned "
             "comparison and a tuned comparison of the diffGrad family (rectified, AdaNorm, AdaInject, cautious, "
@@ -301,20 +352,34 @@ def _add_reproduce(subparsers: argparse._SubParsersAction) -> None:
             "Every training run is stored in the database; re-running resumes and never recomputes a finished run."
         ),
     )
-    parser.add_argument("--quick", action="store_true",
-                        help="small budgets, one stand-in workload, fewer seeds: every section in about 5 minutes "
-                        "on 2 CPU cores (noted in the report)")
-    parser.add_argument("--data-dir", metavar="DIR",
-                        help="folder with CIFAR-10/100 in the python-pickle layout (cifar-10-batches-py, "
-                        "cifar-100-python): Tables I-III then run the real ResNet-50 protocol instead of offline "
-                        "stand-ins (needs a GPU in practice)")
-    parser.add_argument("--out", default="results", metavar="DIR",
-                        help="output folder for the report, plots and default database (default: %(default)s)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small budgets, one stand-in workload, fewer seeds: every section in about 5 minutes "
+        "on 2 CPU cores (noted in the report)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="folder with CIFAR-10/100 in the python-pickle layout (cifar-10-batches-py, "
+        "cifar-100-python): Tables I-III then run the real ResNet-50 protocol instead of offline "
+        "stand-ins (needs a GPU in practice)",
+    )
+    parser.add_argument(
+        "--out",
+        default="results",
+        metavar="DIR",
+        help="output folder for the report, plots and default database (default: %(default)s)",
+    )
     parser.add_argument("--storage", metavar="URL", help="SQLAlchemy database URL (default: OUT/results.db)")
     parser.add_argument("--device", default="cpu", help="torch device to train on (default: %(default)s)")
-    parser.add_argument("--threads", type=_positive, metavar="N",
-                        help="torch CPU threads (default: 1, fastest for the small offline workloads and the "
-                        "same numbers on every machine)")
+    parser.add_argument(
+        "--threads",
+        type=_positive,
+        metavar="N",
+        help="torch CPU threads (default: 1, fastest for the small offline workloads and the "
+        "same numbers on every machine)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar or progress messages")
     parser.set_defaults(handler=_run_reproduce)
 
@@ -326,8 +391,14 @@ def _run_reproduce(args: argparse.Namespace) -> int:
     _configure_logging(quiet=args.quiet)
     _set_threads(args.threads or 1)
     try:
-        report = reproduce(quick=args.quick, data_dir=args.data_dir, out_dir=args.out, storage=args.storage,
-                           device=args.device, progress=not args.quiet)
+        report = reproduce(
+            quick=args.quick,
+            data_dir=args.data_dir,
+            out_dir=args.out,
+            storage=args.storage,
+            device=args.device,
+            progress=not args.quiet,
+        )
     except ConfigError as error:
         raise UsageError(str(error)) from error
     print(f"database: {_shown(args.storage or _storage_url(args))}")

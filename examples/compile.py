@@ -77,8 +77,10 @@ def main() -> None:
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
     counters = torch._dynamo.utils.counters
     breaks = sum(counters["graph_break"].values())
-    print(f"step {args.steps}: loss {loss.item():.4f}; graphs {counters['stats']['unique_graphs']}, "
-          f"graph breaks {breaks}, recompiles {sum(counters['recompiles'].values())}")
+    print(
+        f"step {args.steps}: loss {loss.item():.4f}; graphs {counters['stats']['unique_graphs']}, "
+        f"graph breaks {breaks}, recompiles {sum(counters['recompiles'].values())}"
+    )
     assert breaks == 0, dict(counters["graph_break"])
     print(f"OK compile: {args.steps} compiled steps matched eager, no graph breaks")
 

@@ -120,10 +120,18 @@ def test_paper_note_sections_exist() -> None:
         for m in _PAPER_SECTION.finditer(text):
             if m.group(1) not in sections:
                 problems.append(f"{source}:{text.count(chr(10), 0, m.start()) + 1}: §{m.group(1)}")
-    assert not problems, f"sections missing from docs/paper.md (it has {sorted(sections, key=int)}):\n" + "\n".join(problems)
+    assert not problems, f"sections missing from docs/paper.md (it has {sorted(sections, key=int)}):\n" + "\n".join(
+        problems
+    )
 
 
-TRACKED = {"README.md", "docs/paper.md", "docs/sweeps.md", "diffgrad/optim/fused.py", "diffgrad/optim/csrc/fused_step.cpp"}
+TRACKED = {
+    "README.md",
+    "docs/paper.md",
+    "docs/sweeps.md",
+    "diffgrad/optim/fused.py",
+    "diffgrad/optim/csrc/fused_step.cpp",
+}
 
 
 @pytest.mark.parametrize(
@@ -146,9 +154,15 @@ def test_a_missing_file_is_reported(source: str, text: str) -> None:
 @pytest.mark.parametrize(
     ("source", "text"),
     [
-        ("README.md", "[notes](docs/paper.md#5-the-1-d-functions) and [top](#use) and [site](https://example.org/a.md)"),
+        (
+            "README.md",
+            "[notes](docs/paper.md#5-the-1-d-functions) and [top](#use) and [site](https://example.org/a.md)",
+        ),
         ("docs/sweeps.md", "see [the README](../README.md) and `../docs/paper.md`"),
-        ("diffgrad/optim/fused.py", '_SOURCE = Path(__file__).with_name("csrc") / "fused_step.cpp"  # csrc/fused_step.cpp'),
+        (
+            "diffgrad/optim/fused.py",
+            '_SOURCE = Path(__file__).with_name("csrc") / "fused_step.cpp"  # csrc/fused_step.cpp',
+        ),
         ("README.md", "github.com/shivram1987/diffGrad/blob/master/diffGrad.py and https://x.org/y/z.py"),
         ("README.md", "import diffgrad.optim.fused; `diffgrad.py` and `step.py`; torch.optim.Adam"),
         ("README.md", "writes `results/quick/report.md`"),

@@ -59,7 +59,9 @@ PROBLEMS: dict[str, OnlineProblem] = {
     p.name: p
     for p in (
         OnlineProblem("reddi", "f_t(x) = 1010x if t mod 101 = 1, else −x; x ∈ [−1, 1]", 1, 1.0, reddi_counterexample),
-        OnlineProblem("least-squares", "f_t(θ) = ½(a_tᵀθ − b_t)², a_t ~ N(0, I₁₀); θ ∈ [−2, 2]¹⁰", 10, 2.0, online_least_squares),
+        OnlineProblem(
+            "least-squares", "f_t(θ) = ½(a_tᵀθ − b_t)², a_t ~ N(0, I₁₀); θ ∈ [−2, 2]¹⁰", 10, 2.0, online_least_squares
+        ),
     )
 }
 

@@ -47,8 +47,10 @@ class Provenance:
 
     def describe(self) -> str:
         """One line: :meth:`code`, then Python, device and model, and threads."""
-        return (f"{self.code()}, Python {self.python_version}, {self.device} ({self.device_model}), "
-                f"{self.threads} thread{'s' if self.threads != 1 else ''}")
+        return (
+            f"{self.code()}, Python {self.python_version}, {self.device} ({self.device_model}), "
+            f"{self.threads} thread{'s' if self.threads != 1 else ''}"
+        )
 
     @classmethod
     def from_attr(cls, attr: dict[str, Any] | None) -> Provenance | None:
@@ -81,8 +83,9 @@ def _git_state() -> tuple[str | None, bool | None]:
     package = Path(__file__).resolve().parents[1]
 
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(package), *args], capture_output=True, text=True, check=True,
-                              timeout=GIT_TIMEOUT).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", str(package), *args], capture_output=True, text=True, check=True, timeout=GIT_TIMEOUT
+        ).stdout.strip()
 
     try:
         # An installed copy can sit inside some other repository (a virtualenv in a project folder):

@@ -182,14 +182,29 @@ def _specs() -> list[OptimizerSpec]:
     family = [
         OptimizerSpec(f"diffgrad-{suffix}", description, DiffGrad, {option: True})
         for suffix, option, description in (
-            ("rect", "rectify", "diffRGrad: diffGrad with RAdam's rectification and momentum-SGD warm-up "
-             "(Liu et al., ICLR 2020)"),
-            ("norm", "adanorm", "diffGradNorm: diffGrad with AdaNorm's gradient-norm correction of the first "
-             "moment (Dubey et al., WACV 2023)"),
-            ("inject", "adainject", "diffGradInject: diffGrad with AdaInject's Δθ ⊙ g² injection into the first "
-             "moment (Dubey et al., IEEE TAI 2023)"),
-            ("cautious", "cautious", 'diffGrad with cautious masking of update components that disagree in sign '
-             'with the gradient (Liang et al., "Cautious Optimizers", 2024)'),
+            (
+                "rect",
+                "rectify",
+                "diffRGrad: diffGrad with RAdam's rectification and momentum-SGD warm-up (Liu et al., ICLR 2020)",
+            ),
+            (
+                "norm",
+                "adanorm",
+                "diffGradNorm: diffGrad with AdaNorm's gradient-norm correction of the first "
+                "moment (Dubey et al., WACV 2023)",
+            ),
+            (
+                "inject",
+                "adainject",
+                "diffGradInject: diffGrad with AdaInject's Δθ ⊙ g² injection into the first "
+                "moment (Dubey et al., IEEE TAI 2023)",
+            ),
+            (
+                "cautious",
+                "cautious",
+                "diffGrad with cautious masking of update components that disagree in sign "
+                'with the gradient (Liang et al., "Cautious Optimizers", 2024)',
+            ),
             ("gc", "centralize", "diffGrad with gradient centralisation of ≥2-D tensors (Yong et al., ECCV 2020)"),
         )
     ]
@@ -211,7 +226,10 @@ def _specs() -> list[OptimizerSpec]:
             PublishedDiffGrad,
         ),
         OptimizerSpec(
-            "sgdm", "SGD with momentum 0.9 (torch.optim.SGD)", torch.optim.SGD, {"momentum": 0.9},
+            "sgdm",
+            "SGD with momentum 0.9 (torch.optim.SGD)",
+            torch.optim.SGD,
+            {"momentum": 0.9},
             {"lr": NON_ADAPTIVE_LR},
         ),
         OptimizerSpec("adagrad", "Adagrad (torch.optim.Adagrad)", torch.optim.Adagrad, {}, {"lr": NON_ADAPTIVE_LR}),

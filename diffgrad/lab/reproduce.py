@@ -52,8 +52,21 @@ TABLE1_OPTIMIZERS = ("sgdm", "adagrad", "adadelta", "rmsprop", "amsgrad", "adam"
 CONTROLS = ("diffgrad-published", "adam-half-lr")
 BATCH_SIZES = (32, 64, 128)
 ACTIVATIONS = ("relu", "leaky_relu", "elu", "selu")
-FAIR_OPTIMIZERS = ("sgdm", "adagrad", "adadelta", "rmsprop", "amsgrad", "adam", "diffgrad", "adamw",
-                   "adabelief", "adan", "adamp", "lion", "radam")
+FAIR_OPTIMIZERS = (
+    "sgdm",
+    "adagrad",
+    "adadelta",
+    "rmsprop",
+    "amsgrad",
+    "adam",
+    "diffgrad",
+    "adamw",
+    "adabelief",
+    "adan",
+    "adamp",
+    "lion",
+    "radam",
+)
 OFFLINE_WORKLOADS = ("digits-cnn", "mnist1d-mlp", "mnist1d-cnn")
 FAIR_TAG = "fair"
 # The diffGrad family (docs/paper.md §8), each member diffGrad with one modifier on; compared with plain
@@ -65,25 +78,40 @@ DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
 # docs/paper.md §6, Table I: top-1 accuracy (%) at batch sizes 32 / 64 / 128.
 PAPER_TABLE1 = {
     "cifar10": {
-        "sgdm": (92.95, 92.07, 90.15), "adagrad": (92.04, 92.01, 91.30), "adadelta": (93.66, 93.48, 93.54),
-        "rmsprop": (92.82, 92.32, 92.26), "amsgrad": (93.73, 93.40, 93.51), "adam": (93.78, 93.81, 93.72),
+        "sgdm": (92.95, 92.07, 90.15),
+        "adagrad": (92.04, 92.01, 91.30),
+        "adadelta": (93.66, 93.48, 93.54),
+        "rmsprop": (92.82, 92.32, 92.26),
+        "amsgrad": (93.73, 93.40, 93.51),
+        "adam": (93.78, 93.81, 93.72),
         "diffgrad": (93.90, 94.05, 94.08),
     },
     "cifar100": {
-        "sgdm": (73.30, 70.37, 67.25), "adagrad": (71.01, 70.80, 68.38), "adadelta": (73.46, 74.09, 74.12),
-        "rmsprop": (65.31, 66.80, 62.65), "amsgrad": (73.06, 72.45, 72.86), "adam": (71.82, 73.31, 73.72),
+        "sgdm": (73.30, 70.37, 67.25),
+        "adagrad": (71.01, 70.80, 68.38),
+        "adadelta": (73.46, 74.09, 74.12),
+        "rmsprop": (65.31, 66.80, 62.65),
+        "amsgrad": (73.06, 72.45, 72.86),
+        "adam": (71.82, 73.31, 73.72),
         "diffgrad": (75.40, 75.27, 75.05),
     },
 }
 # Table II's best cells: (dataset, batch size) -> (variant, accuracy).
 PAPER_TABLE2_BEST = {
-    ("cifar10", 32): ("diffgrad-dfc1", 94.37), ("cifar10", 64): ("diffgrad-dfc4", 94.33),
-    ("cifar10", 128): ("diffgrad-dfc3", 94.19), ("cifar100", 32): ("diffgrad-dfc2", 75.55),
-    ("cifar100", 64): ("diffgrad-dfc5", 75.55), ("cifar100", 128): ("diffgrad-dfc3", 75.45),
+    ("cifar10", 32): ("diffgrad-dfc1", 94.37),
+    ("cifar10", 64): ("diffgrad-dfc4", 94.33),
+    ("cifar10", 128): ("diffgrad-dfc3", 94.19),
+    ("cifar100", 32): ("diffgrad-dfc2", 75.55),
+    ("cifar100", 64): ("diffgrad-dfc5", 75.55),
+    ("cifar100", 128): ("diffgrad-dfc3", 75.45),
 }
 # Table III: diffGrad, ResNet-50, CIFAR-10, batch sizes 32 / 64 / 128.
-PAPER_TABLE3 = {"relu": (93.90, 94.05, 94.08), "leaky_relu": (94.31, 94.28, 94.16),
-                "elu": (94.16, 94.16, 94.10), "selu": (93.48, 93.34, 93.38)}
+PAPER_TABLE3 = {
+    "relu": (93.90, 94.05, 94.08),
+    "leaky_relu": (94.31, 94.28, 94.16),
+    "elu": (94.16, 94.16, 94.10),
+    "selu": (93.48, 93.34, 93.38),
+}
 
 
 @dataclass(frozen=True)
@@ -262,8 +290,10 @@ def reproduce(
         built, found = build()
         sections += built
         claims += found
-    document = Document("diffGrad, reproduced", [_intro(scale, datasets, url, records), verdict_section(claims),
-                                                 *sections, *provenance_sections(records)])
+    document = Document(
+        "diffGrad, reproduced",
+        [_intro(scale, datasets, url, records), verdict_section(claims), *sections, *provenance_sections(records)],
+    )
     return document.write(out)
 
 
@@ -301,8 +331,17 @@ def _paper_plans(scale: Scale, datasets: Sequence[PaperDataset]) -> list[StudyPl
             for bs in BATCH_SIZES:
                 tag = f"paper-bs{bs}" + ("" if activation == "relu" else f"-{activation}")
                 plans += [
-                    plan_study(workload, opt, protocol="paper", seeds=scale.paper_seeds, workload_options=options,
-                               steps=scale.paper_steps, batch_size=bs, schedule="step", tag=tag)
+                    plan_study(
+                        workload,
+                        opt,
+                        protocol="paper",
+                        seeds=scale.paper_seeds,
+                        workload_options=options,
+                        steps=scale.paper_steps,
+                        batch_size=bs,
+                        schedule="step",
+                        tag=tag,
+                    )
                     for opt in optimizers
                 ]
     return plans
@@ -316,21 +355,34 @@ def _tuned_plans(
     return [
         plan
         for w in workloads
-        for plan in plan_compare(w, available, protocol="tuned", budget=budget, seeds=seeds, steps=steps,
-                                 schedule="step", tag=tag)
+        for plan in plan_compare(
+            w, available, protocol="tuned", budget=budget, seeds=seeds, steps=steps, schedule="step", tag=tag
+        )
     ]
 
 
 def _fair_plans(scale: Scale) -> list[StudyPlan]:
     """Section 5: the paper's optimizers and their peers."""
-    return _tuned_plans(scale.fair_workloads, scale.fair_optimizers, budget=scale.fair_budget,
-                        seeds=scale.fair_seeds, steps=scale.fair_steps, tag=FAIR_TAG)
+    return _tuned_plans(
+        scale.fair_workloads,
+        scale.fair_optimizers,
+        budget=scale.fair_budget,
+        seeds=scale.fair_seeds,
+        steps=scale.fair_steps,
+        tag=FAIR_TAG,
+    )
 
 
 def _family_plans(scale: Scale) -> list[StudyPlan]:
     """Section 6: the diffGrad family, plain diffGrad and Adam."""
-    return _tuned_plans(scale.family_workloads, ("adam", "diffgrad", *FAMILY_OPTIMIZERS), budget=scale.fair_budget,
-                        seeds=scale.fair_seeds, steps=scale.fair_steps, tag=FAMILY_TAG)
+    return _tuned_plans(
+        scale.family_workloads,
+        ("adam", "diffgrad", *FAMILY_OPTIMIZERS),
+        budget=scale.fair_budget,
+        seeds=scale.fair_seeds,
+        steps=scale.fair_steps,
+        tag=FAMILY_TAG,
+    )
 
 
 # ------------------------------------------------------------------------------- 1-D functions
@@ -364,22 +416,41 @@ def one_d_section(plot_dir: Path, storage: Any) -> tuple[list[Section], list[Cla
     images, rows = [], []
     for fn, by_opt in runs.items():
         curves = {opt: (t["xs"], t["losses"]) for opt, t in by_opt.items()}
-        path = plots.plot_trajectories(fn, {k: curves[k] for k in ("adam", "diffgrad")}, plot_dir / f"1d-{fn}.png",
-                                       fn=FUNCTIONS[fn].f, domain=FUNCTIONS[fn].domain)
+        path = plots.plot_trajectories(
+            fn,
+            {k: curves[k] for k in ("adam", "diffgrad")},
+            plot_dir / f"1d-{fn}.png",
+            fn=FUNCTIONS[fn].f,
+            domain=FUNCTIONS[fn].domain,
+        )
         images.append(Image(path, f"{fn}: θ and F(θ) per iteration, Adam and diffGrad (the paper's Fig. 4)"))
-        path = plots.plot_trajectories(fn, curves, plot_dir / f"1d-{fn}-variants.png", fn=FUNCTIONS[fn].f,
-                                       domain=FUNCTIONS[fn].domain)
+        path = plots.plot_trajectories(
+            fn, curves, plot_dir / f"1d-{fn}-variants.png", fn=FUNCTIONS[fn].f, domain=FUNCTIONS[fn].domain
+        )
         images.append(Image(path, f"{fn}: every friction variant"))
         for opt, t in by_opt.items():
             x = t["xs"][-1][0]
             kind, where = _nearest_minimum(fn, x)
             at = divergence_index(t["xs"], t["losses"])  # a NaN θ is near no minimum
-            rows.append([fn, opt, f"{x:.4f}", f"{t['losses'][-1]:.3g}",
-                         f"{kind} ({where:g})" if at is None else f"none: diverged at iteration {at}",
-                         f"{_oscillation(t['xs']):.3g}"])
+            rows.append(
+                [
+                    fn,
+                    opt,
+                    f"{x:.4f}",
+                    f"{t['losses'][-1]:.3g}",
+                    f"{kind} ({where:g})" if at is None else f"none: diverged at iteration {at}",
+                    f"{_oscillation(t['xs']):.3g}",
+                ]
+            )
     two_d = trajectory_sections(
-        [stored_trajectory(storage, name, opt, **STANDARD[name]) for name in TWO_D_FUNCTIONS for opt in ("adam", "diffgrad")],
-        plot_dir, title="2-D functions", note="Adam and diffGrad at one shared setting: an illustration, not evidence.",
+        [
+            stored_trajectory(storage, name, opt, **STANDARD[name])
+            for name in TWO_D_FUNCTIONS
+            for opt in ("adam", "diffgrad")
+        ],
+        plot_dir,
+        title="2-D functions",
+        note="Adam and diffGrad at one shared setting: an illustration, not evidence.",
     )
     text = (
         f"Settings as in the paper for both optimizers: lr {ONE_D_HPARAMS['lr']}, β = {ONE_D_HPARAMS['betas']}, "
@@ -400,19 +471,23 @@ def one_d_section(plot_dir: Path, storage: Any) -> tuple[list[Section], list[Cla
     for fn in ("F1", "F2"):
         glob, local = FUNCTIONS[fn].minima[0][0], FUNCTIONS[fn].minima[1][0]
         held = at(fn, "diffgrad", glob) and not at(fn, "adam", glob)
-        claims.append(Claim(
-            f"{fn}: diffGrad reaches the global minimum ({glob:g}) where Adam overshoots into a local one",
-            "held" if held else "did not hold",
-            f"final θ: diffGrad {final[(fn, 'diffgrad')]:.4f}, Adam {final[(fn, 'adam')]:.4f} (local minimum {local:g})",
-        ))
+        claims.append(
+            Claim(
+                f"{fn}: diffGrad reaches the global minimum ({glob:g}) where Adam overshoots into a local one",
+                "held" if held else "did not hold",
+                f"final θ: diffGrad {final[(fn, 'diffgrad')]:.4f}, Adam {final[(fn, 'adam')]:.4f} (local minimum {local:g})",
+            )
+        )
     both = at("F3", "diffgrad", 0.0) and at("F3", "adam", 0.0)
     calmer = osc[("F3", "diffgrad")] < osc[("F3", "adam")]
-    claims.append(Claim(
-        "F3: both reach the global minimum 0 and diffGrad oscillates less",
-        "held" if both and calmer else "did not hold",
-        f"final θ: diffGrad {final[('F3', 'diffgrad')]:.4f}, Adam {final[('F3', 'adam')]:.4f}; oscillation "
-        f"diffGrad {osc[('F3', 'diffgrad')]:.3g}, Adam {osc[('F3', 'adam')]:.3g}",
-    ))
+    claims.append(
+        Claim(
+            "F3: both reach the global minimum 0 and diffGrad oscillates less",
+            "held" if both and calmer else "did not hold",
+            f"final θ: diffGrad {final[('F3', 'diffgrad')]:.4f}, Adam {final[('F3', 'adam')]:.4f}; oscillation "
+            f"diffGrad {osc[('F3', 'diffgrad')]:.3g}, Adam {osc[('F3', 'adam')]:.3g}",
+        )
+    )
     return [Section("1. The 1-D functions (Sec. V, Eq. 24–26)", text, images), *_nested(two_d)], claims
 
 
@@ -450,22 +525,33 @@ def regret_section(plot_dir: Path, horizon: int, storage: Any) -> tuple[list[Sec
     for problem in PROBLEMS.values():
         curves = {opt: _regret_curve(storage, problem.name, opt, horizon) for opt in REGRET_OPTIMIZERS}
         positive = {o: ([t for t, v in zip(ts, c) if v > 0], [v for v in c if v > 0]) for o, c in curves.items()}
-        images.append(Image(
-            plots.plot_lines(positive, plot_dir / f"regret-{problem.name}.png", title=problem.description,
-                             xlabel="T", ylabel="R(T)/T", logx=True, logy=True),
-            f"{problem.name}: average regret (positive values; log axes); O(1/√T) is a line of slope −½",
-        ))
+        images.append(
+            Image(
+                plots.plot_lines(
+                    positive,
+                    plot_dir / f"regret-{problem.name}.png",
+                    title=problem.description,
+                    xlabel="T",
+                    ylabel="R(T)/T",
+                    logx=True,
+                    logy=True,
+                ),
+                f"{problem.name}: average regret (positive values; log axes); O(1/√T) is a line of slope −½",
+            )
+        )
         for opt, curve in curves.items():
             slope = _slope(ts, curve)
             rows.append([problem.name, opt, f"{curve[-1]:.4g}", "n/a" if slope is None else f"{slope:.2f}"])
         slope = _slope(ts, curves["diffgrad"])
         verdict = "inconclusive" if slope is None else ("held" if slope <= -0.4 else "did not hold")
-        claims.append(Claim(
-            f"Regret: diffGrad's average regret falls like O(1/√T) on {problem.name}",
-            verdict,
-            f"R(T)/T at T = {horizon:,}: {curves['diffgrad'][-1]:.4g}; fitted slope over the last decade "
-            + ("n/a (not positive there)" if slope is None else f"{slope:.2f} (−0.5 expected; held if ≤ −0.4)"),
-        ))
+        claims.append(
+            Claim(
+                f"Regret: diffGrad's average regret falls like O(1/√T) on {problem.name}",
+                verdict,
+                f"R(T)/T at T = {horizon:,}: {curves['diffgrad'][-1]:.4g}; fitted slope over the last decade "
+                + ("n/a (not positive there)" if slope is None else f"{slope:.2f} (−0.5 expected; held if ≤ −0.4)"),
+            )
+        )
     text = (
         f"Online convex problems, stepping with α_t = {REGRET_HPARAMS['lr']}/√t and β = {REGRET_HPARAMS['betas']}, "
         f"projected onto the feasible box after every step, horizon T = {horizon:,}. The slope is fitted to "
@@ -480,8 +566,11 @@ def regret_section(plot_dir: Path, horizon: int, storage: Any) -> tuple[list[Sec
 
 def _scores(records: Sequence[RunRecord], dataset: PaperDataset, optimizer: str, tag: str) -> tuple[MeanCI, str]:
     """Test accuracy (%) of the final runs of one paper-protocol study, and where it came from."""
-    runs = [r for r in records if r.workload == dataset.workload and r.optimizer == optimizer and r.tag == tag
-            and r.phase == "final"]
+    runs = [
+        r
+        for r in records
+        if r.workload == dataset.workload and r.optimizer == optimizer and r.tag == tag and r.phase == "final"
+    ]
     values = [100 * r.test_metric if r.test_metric is not None else math.nan for r in runs]
     source = f"{runs[0].study}#{','.join(str(r.trial_number) for r in runs)}" if runs else "missing"
     return mean_ci(values), source
@@ -515,9 +604,11 @@ def table1_section(
                 paper = PAPER_TABLE1[ds.paper].get(opt)
                 row.append(_fmt(ci) + (f" ({paper[i]:.2f})" if paper else ""))
             rows.append(row)
-        parts.append(f"**{_dataset_caption(ds)}** — test accuracy (%), mean ± 95 % CI over the seeds; "
-                     f"the paper's {DATASET_NAMES[ds.paper]} value in brackets.\n\n"
-                     + format_table(["optimizer", *(f"batch {b}" for b in BATCH_SIZES)], rows))
+        parts.append(
+            f"**{_dataset_caption(ds)}** — test accuracy (%), mean ± 95 % CI over the seeds; "
+            f"the paper's {DATASET_NAMES[ds.paper]} value in brackets.\n\n"
+            + format_table(["optimizer", *(f"batch {b}" for b in BATCH_SIZES)], rows)
+        )
         claims += _table1_claims(ds, cells)
     curves = learning_curve_sections(Results.load(url, tag="paper-bs128"), plot_dir)
     text = (
@@ -536,13 +627,21 @@ def _table1_claims(ds: PaperDataset, cells: dict[tuple[str, int], MeanCI]) -> li
     gaps = [_mean(cells[("diffgrad", bs)]) - _mean(cells[("diffgrad-published", bs)]) for bs in BATCH_SIZES]
     twins = [abs(_mean(cells[("diffgrad-published", bs)]) - _mean(cells[("adam-half-lr", bs)])) for bs in BATCH_SIZES]
     return [
-        Claim(f"Table I on {where}: diffGrad has the best accuracy at every batch size",
-              _every(list(verdicts.values())),
-              "; ".join(f"batch {bs}: {_standing(r, 'diffgrad')}: {verdicts[bs]}" for bs, r in rankings.items())
-              + f" ({CI_RULE})"),
-        Claim(f"Published-code effect on {where}: correct diffGrad minus the published code's behaviour",
-              "measured", "accuracy gap (points) at batch 32/64/128: " + " / ".join(f"{g:+.2f}" for g in gaps)
-              + "; published code vs Adam at lr/2: " + " / ".join(f"{t:.2f}" for t in twins) + " apart"),
+        Claim(
+            f"Table I on {where}: diffGrad has the best accuracy at every batch size",
+            _every(list(verdicts.values())),
+            "; ".join(f"batch {bs}: {_standing(r, 'diffgrad')}: {verdicts[bs]}" for bs, r in rankings.items())
+            + f" ({CI_RULE})",
+        ),
+        Claim(
+            f"Published-code effect on {where}: correct diffGrad minus the published code's behaviour",
+            "measured",
+            "accuracy gap (points) at batch 32/64/128: "
+            + " / ".join(f"{g:+.2f}" for g in gaps)
+            + "; published code vs Adam at lr/2: "
+            + " / ".join(f"{t:.2f}" for t in twins)
+            + " apart",
+        ),
     ]
 
 
@@ -550,7 +649,9 @@ def _mean(ci: MeanCI) -> float:
     return ci.mean if ci.n else math.nan
 
 
-def variants_section(records: Sequence[RunRecord], datasets: Sequence[PaperDataset]) -> tuple[list[Section], list[Claim]]:
+def variants_section(
+    records: Sequence[RunRecord], datasets: Sequence[PaperDataset]
+) -> tuple[list[Section], list[Claim]]:
     """Table II (friction variants) and Table III (activations) under the Table I protocol."""
     parts, claims = [], []
     for ds in datasets:
@@ -563,9 +664,11 @@ def variants_section(records: Sequence[RunRecord], datasets: Sequence[PaperDatas
                 best = PAPER_TABLE2_BEST.get((ds.paper, bs))
                 row.append(_fmt(ci) + (f" (paper's best: {best[1]:.2f})" if best and best[0] == opt else ""))
             rows.append(row)
-        parts.append(f"**Table II, {_dataset_caption(ds)}** — test accuracy (%); the paper reports only each "
-                     "column's best variant, shown in brackets where it is.\n\n"
-                     + format_table(["friction", *(f"batch {b}" for b in BATCH_SIZES)], rows))
+        parts.append(
+            f"**Table II, {_dataset_caption(ds)}** — test accuracy (%); the paper reports only each "
+            "column's best variant, shown in brackets where it is.\n\n"
+            + format_table(["friction", *(f"batch {b}" for b in BATCH_SIZES)], rows)
+        )
         claims.append(_table2_claim(ds, cells))
         if ds.paper != "cifar10":
             continue
@@ -578,9 +681,11 @@ def variants_section(records: Sequence[RunRecord], datasets: Sequence[PaperDatas
                 cells[(act, bs)] = ci
                 row.append(f"{_fmt(ci)} ({PAPER_TABLE3[act][i]:.2f})")
             rows.append(row)
-        parts.append(f"**Table III, {_dataset_caption(ds)}** — diffGrad's test accuracy (%) per activation; "
-                     "the paper's CIFAR-10 value in brackets.\n\n"
-                     + format_table(["activation", *(f"batch {b}" for b in BATCH_SIZES)], rows))
+        parts.append(
+            f"**Table III, {_dataset_caption(ds)}** — diffGrad's test accuracy (%) per activation; "
+            "the paper's CIFAR-10 value in brackets.\n\n"
+            + format_table(["activation", *(f"batch {b}" for b in BATCH_SIZES)], rows)
+        )
         claims.append(_table3_claim(ds, cells))
     return [Section("4. Friction variants (Table II) and activations (Table III)", "\n\n".join(parts))], claims
 
@@ -592,10 +697,15 @@ def _table2_claim(ds: PaperDataset, cells: dict[tuple[str, int], MeanCI]) -> Cla
         r = _batch_ranking(ds, cells, ("diffgrad",) + FRICTION_OPTIMIZERS, bs)
         verdicts.append(_some([OUTCOME_VERDICTS[r.versus(v, "diffgrad")] for v in FRICTION_OPTIMIZERS]))
         lead = next(o for o in r.ranked if o != "diffgrad")
-        evidence.append(f"batch {bs}: best variant {lead} {fmt_ci(r.scores[lead])}, DFC "
-                        f"{fmt_ci(r.scores['diffgrad'])}: {verdicts[-1]}")
-    return Claim(f"Table II on {ds.workload}: some friction variant beats the default DFC at each batch size",
-                 _every(verdicts), "; ".join(evidence) + f" ({CI_RULE})")
+        evidence.append(
+            f"batch {bs}: best variant {lead} {fmt_ci(r.scores[lead])}, DFC "
+            f"{fmt_ci(r.scores['diffgrad'])}: {verdicts[-1]}"
+        )
+    return Claim(
+        f"Table II on {ds.workload}: some friction variant beats the default DFC at each batch size",
+        _every(verdicts),
+        "; ".join(evidence) + f" ({CI_RULE})",
+    )
 
 
 def _table3_claim(ds: PaperDataset, cells: dict[tuple[str, int], MeanCI]) -> Claim:
@@ -605,10 +715,14 @@ def _table3_claim(ds: PaperDataset, cells: dict[tuple[str, int], MeanCI]) -> Cla
         r = _batch_ranking(ds, cells, ACTIVATIONS, bs)
         outcome = r.versus("leaky_relu", "relu")
         verdicts.append(OUTCOME_VERDICTS[outcome])
-        evidence.append(f"batch {bs}: leaky_relu {fmt_ci(r.scores['leaky_relu'])}, relu "
-                        f"{fmt_ci(r.scores['relu'])}: {outcome}")
-    return Claim(f"Table III on {ds.workload}: LeakyReLU(0.1) beats ReLU with diffGrad",
-                 _every(verdicts), "; ".join(evidence) + f" ({CI_RULE})")
+        evidence.append(
+            f"batch {bs}: leaky_relu {fmt_ci(r.scores['leaky_relu'])}, relu {fmt_ci(r.scores['relu'])}: {outcome}"
+        )
+    return Claim(
+        f"Table III on {ds.workload}: LeakyReLU(0.1) beats ReLU with diffGrad",
+        _every(verdicts),
+        "; ".join(evidence) + f" ({CI_RULE})",
+    )
 
 
 def _batch_ranking(
@@ -654,12 +768,14 @@ def _family_claims(ranking: Ranking) -> list[Claim]:
     claims = []
     for member in (m for m in FAMILY_OPTIMIZERS if m in ranking.scores):
         outcome = ranking.versus(member, "diffgrad")
-        claims.append(Claim(
-            f"Tuned, {ranking.workload}: {member} beats plain diffGrad",
-            OUTCOME_VERDICTS[outcome],
-            f"{member} {fmt_ci(ranking.scores[member])} (rank {ranking.rank(member)} of {len(ranking.scores)}), "
-            f"diffgrad {fmt_ci(ranking.scores['diffgrad'])} (rank {ranking.rank('diffgrad')}): {outcome} ({CI_RULE})",
-        ))
+        claims.append(
+            Claim(
+                f"Tuned, {ranking.workload}: {member} beats plain diffGrad",
+                OUTCOME_VERDICTS[outcome],
+                f"{member} {fmt_ci(ranking.scores[member])} (rank {ranking.rank(member)} of {len(ranking.scores)}), "
+                f"diffgrad {fmt_ci(ranking.scores['diffgrad'])} (rank {ranking.rank('diffgrad')}): {outcome} ({CI_RULE})",
+            )
+        )
     return claims
 
 
@@ -675,8 +791,16 @@ def family_section(url: str, plot_dir: Path) -> tuple[list[Section], list[Claim]
         for opt in r.ranked:
             ci, lead = r.scores[opt], r.lead(opt, "diffgrad")
             shown = f"{lead:+.3g}" if math.isfinite(lead) else "n/a"
-            rows.append([r.workload, opt, r.rank(opt), ci.n, fmt_ci(ci),
-                         "" if opt == "diffgrad" else f"{shown} ({r.versus(opt, 'diffgrad')})"])
+            rows.append(
+                [
+                    r.workload,
+                    opt,
+                    r.rank(opt),
+                    ci.n,
+                    fmt_ci(ci),
+                    "" if opt == "diffgrad" else f"{shown} ({r.versus(opt, 'diffgrad')})",
+                ]
+            )
     members = "\n".join(
         f"- `{m}` (`{', '.join(f'{k}={v}' for k, v in get_optimizer_spec(m).defaults.items())}`): "
         f"{get_optimizer_spec(m).description}"
@@ -688,8 +812,11 @@ def family_section(url: str, plot_dir: Path) -> tuple[list[Section], list[Claim]
         "at its default (docs/paper.md §8); plain diffGrad and Adam run alongside under the same protocol as "
         f"section 5. {TUNED_PROTOCOL} Trials, seeds and budget per workload are in the summary below.\n\n"
         f"{members}\n\n"
-        + format_table(["workload", "optimizer", "rank", "seeds", "test metric (mean ± 95 % CI)",
-                        "lead over diffgrad"], rows, align="llrrrl")
+        + format_table(
+            ["workload", "optimizer", "rank", "seeds", "test metric (mean ± 95 % CI)", "lead over diffgrad"],
+            rows,
+            align="llrrrl",
+        )
         + "\n\n*Lead over diffgrad* is the difference of the means in the metric's better direction; *better* "
         "or *worse* only when the two 95 % CIs are apart. "
         f"Of {len(claims)} member–workload comparisons, {counts['held']} were better than plain diffGrad, "
@@ -719,9 +846,12 @@ def _intro(scale: Scale, datasets: Sequence[PaperDataset], url: str, records: Se
         f"Scale: **{scale.name}**. Results database: `{redact_url(url)}` (every training run is one trial there).",
     ]
     if any(ds.standin for ds in datasets):
-        lines.append("No `--data-dir` was given, so Tables I–III run the paper's protocol on offline stand-in "
-                     "workloads (" + ", ".join(f"`{d.workload}` for {DATASET_NAMES[d.paper]}" for d in datasets)
-                     + "), not on CIFAR; the paper's values are printed next to them for reference only.")
+        lines.append(
+            "No `--data-dir` was given, so Tables I–III run the paper's protocol on offline stand-in "
+            "workloads ("
+            + ", ".join(f"`{d.workload}` for {DATASET_NAMES[d.paper]}" for d in datasets)
+            + "), not on CIFAR; the paper's values are printed next to them for reference only."
+        )
     lines += list(scale.notes)
     if records:
         lines.append(provenance_summary(records))

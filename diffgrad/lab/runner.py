@@ -194,8 +194,13 @@ def plan_study(
         raise ConfigError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
     if schedule not in SCHEDULES:
         raise ConfigError(f"unknown schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
-    for name, value in (("budget", budget), ("seeds", seeds), ("steps", steps), ("batch_size", batch_size),
-                        ("eval_every", eval_every)):
+    for name, value in (
+        ("budget", budget),
+        ("seeds", seeds),
+        ("steps", steps),
+        ("batch_size", batch_size),
+        ("eval_every", eval_every),
+    ):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ConfigError(f"{name} must be a positive integer, got {value!r}")
     default = workload.default_budget
@@ -213,8 +218,10 @@ def plan_study(
     fixed = {**spec.defaults, **({"lr": PAPER_LR} if protocol == "paper" else {}), **overrides}
     space = {k: d for k, d in spec.search_space.items() if k not in overrides} if protocol == "tuned" else {}
     if protocol == "tuned" and not space:
-        raise ConfigError(f"nothing left to tune for {optimizer!r}: every searched hyper-parameter is fixed "
-                          f"({', '.join(spec.search_space)}); use protocol paper")
+        raise ConfigError(
+            f"nothing left to tune for {optimizer!r}: every searched hyper-parameter is fixed "
+            f"({', '.join(spec.search_space)}); use protocol paper"
+        )
     _check_buildable(optimizer, fixed)
     return StudyPlan(
         workload=workload,
@@ -324,8 +331,9 @@ def open_storage(
                 # Heartbeats and retries are marked experimental, but are what resuming relies on.
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback"):  # Optuna >= 4.9
-                    retry = {"heartbeat_stale_trial_callback":
-                             optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry)}
+                    retry = {
+                        "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry)
+                    }
                 else:
                     retry = {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry)}
                 storage = optuna.storages.RDBStorage(
@@ -338,7 +346,8 @@ def open_storage(
             # Workers that open a new database at the same moment race to create its tables and
             # schema version (a UNIQUE or "already exists" error); the losers find them on a retry.
             race = isinstance(error, (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError)) or (
-                isinstance(error, sqlalchemy.exc.OperationalError) and "already exists" in str(error))
+                isinstance(error, sqlalchemy.exc.OperationalError) and "already exists" in str(error)
+            )
             if not race or attempt == STORAGE_ATTEMPTS:
                 raise ConfigError(f"cannot open storage {redact_url(url)!r}: {error_line(error, url)}") from error
             time.sleep(0.5 * attempt)
@@ -376,8 +385,9 @@ def _open_study(plan: StudyPlan, storage: optuna.storages.RDBStorage) -> optuna.
         differs = sorted(k for k in wanted if k != "seeds" and stored.get(k) != wanted[k])
         if differs:
             changes = "; ".join(f"{k}: stored {stored.get(k)!r}, asked {wanted[k]!r}" for k in differs)
-            raise ConfigError(f"study {plan.name!r} already holds runs of another plan ({changes}); "
-                              f"use another tag or output folder")
+            raise ConfigError(
+                f"study {plan.name!r} already holds runs of another plan ({changes}); use another tag or output folder"
+            )
         # More seeds extend a study; fewer leave the extra runs in place.
         wanted["seeds"] = sorted(set(stored.get("seeds", [])) | set(wanted["seeds"]))
     if stored != wanted:
@@ -397,8 +407,12 @@ def _note_provenance(study: optuna.Study, provenance: Provenance) -> None:
     seen = [Provenance.from_attr(attr) for attr in study.user_attrs.get(PROVENANCE_KEY, [])]
     others = sorted({p.code() for p in seen if p.versions != provenance.versions})
     if others:
-        logger.warning("study %r holds runs made with %s; this process trains with %s, so the study mixes versions",
-                       study.study_name, " and ".join(others), provenance.code())
+        logger.warning(
+            "study %r holds runs made with %s; this process trains with %s, so the study mixes versions",
+            study.study_name,
+            " and ".join(others),
+            provenance.code(),
+        )
     if provenance not in seen:
         study.set_user_attr(PROVENANCE_KEY, [dataclasses.asdict(p) for p in [*seen, provenance]])
 
@@ -492,8 +506,14 @@ class _Progress:
             terminal = False
         self.total, self.finished = total, initial
         self.log = enabled and not terminal
-        self.bar = tqdm(total=total, initial=initial, unit="run", file=sys.stderr,
-                        disable=not (enabled and terminal), dynamic_ncols=True)
+        self.bar = tqdm(
+            total=total,
+            initial=initial,
+            unit="run",
+            file=sys.stderr,
+            disable=not (enabled and terminal),
+            dynamic_ncols=True,
+        )
 
     def at(self, label: str, step: int, steps: int, val_metric: float) -> None:
         self.bar.set_postfix_str(f"{label} step {step}/{steps} val {val_metric:.4g}")
@@ -549,9 +569,12 @@ def run_studies(
             pending = [item for item in pending if not _advance(*item)]
             if not pending:
                 return [plan.name for plan in plans]
-            logger.info("waiting for trials RUNNING elsewhere in %s (a dead process's trials are retried once "
-                        "their last heartbeat is %ss old)", ", ".join(p.name for p, _, _ in pending),
-                        storage.grace_period)
+            logger.info(
+                "waiting for trials RUNNING elsewhere in %s (a dead process's trials are retried once "
+                "their last heartbeat is %ss old)",
+                ", ".join(p.name for p, _, _ in pending),
+                storage.grace_period,
+            )
             time.sleep(storage.heartbeat_interval)
     finally:
         bar.close()
@@ -605,12 +628,22 @@ def _trial_seeded_tpe(n_startup_trials: int) -> optuna.samplers.BaseSampler:
         def sample_relative(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, space: dict) -> dict:
             return self.tpe.sample_relative(study, trial, space)
 
-        def sample_independent(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, name: str,
-                               distribution: optuna.distributions.BaseDistribution) -> Any:
+        def sample_independent(
+            self,
+            study: optuna.Study,
+            trial: optuna.trial.FrozenTrial,
+            name: str,
+            distribution: optuna.distributions.BaseDistribution,
+        ) -> Any:
             return self.tpe.sample_independent(study, trial, name, distribution)
 
-        def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,
-                        state: optuna.trial.TrialState, values: Sequence[float] | None) -> None:
+        def after_trial(
+            self,
+            study: optuna.Study,
+            trial: optuna.trial.FrozenTrial,
+            state: optuna.trial.TrialState,
+            values: Sequence[float] | None,
+        ) -> None:
             self.tpe.after_trial(study, trial, state, values)
 
         def reseed_rng(self) -> None:
@@ -700,8 +733,18 @@ def compare(
     """
     _check_device(device)
     plans = plan_compare(
-        workload, optimizers, protocol=protocol, budget=budget, seeds=seeds, workload_options=workload_options,
-        hparams=hparams, steps=steps, batch_size=batch_size, eval_every=eval_every, schedule=schedule, tag=tag,
+        workload,
+        optimizers,
+        protocol=protocol,
+        budget=budget,
+        seeds=seeds,
+        workload_options=workload_options,
+        hparams=hparams,
+        steps=steps,
+        batch_size=batch_size,
+        eval_every=eval_every,
+        schedule=schedule,
+        tag=tag,
     )
     if storage is None:
         try:

@@ -186,8 +186,9 @@ def check_results_database(storage_url: str, *, create: bool = False) -> None:
     try:
         url = make_url(storage_url)
     except (ArgumentError, ValueError) as error:
-        raise ValueError(f"cannot read storage URL {redact_url(storage_url)!r}: "
-                         f"{error_line(error, storage_url)}") from error
+        raise ValueError(
+            f"cannot read storage URL {redact_url(storage_url)!r}: {error_line(error, storage_url)}"
+        ) from error
     sqlite = url.get_backend_name() == "sqlite"
     where = str(url.database or storage_url) if sqlite else redact_url(storage_url)
     try:
@@ -201,11 +202,14 @@ def check_results_database(storage_url: str, *, create: bool = False) -> None:
     optuna_tables = _optuna_tables()
     foreign = sorted(tables - optuna_tables)
     if foreign:
-        raise ValueError(f"{where} is not a results database: it holds other tables ({', '.join(foreign[:5])}"
-                         f"{', ...' if len(foreign) > 5 else ''})")
+        raise ValueError(
+            f"{where} is not a results database: it holds other tables ({', '.join(foreign[:5])}"
+            f"{', ...' if len(foreign) > 5 else ''})"
+        )
     if not create and tables != optuna_tables:
-        raise ValueError(f"{where} is not a results database: Optuna's tables are "
-                         f"{'missing' if not tables else 'incomplete'}")
+        raise ValueError(
+            f"{where} is not a results database: Optuna's tables are {'missing' if not tables else 'incomplete'}"
+        )
 
 
 def _optuna_tables() -> set[str]:

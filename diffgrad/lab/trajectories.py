@@ -33,8 +33,14 @@ def stored_trajectory(storage: Any, function: str, optimizer: str, *, steps: int
 
     def compute() -> dict[str, Any]:
         path = trajectory(FUNCTIONS[function], lambda ps: create_optimizer(optimizer, ps, **hparams), steps)
-        return {"function": function, "optimizer": optimizer, "steps": steps, "hparams": hparams,
-                "xs": path.xs.tolist(), "losses": path.losses.tolist()}
+        return {
+            "function": function,
+            "optimizer": optimizer,
+            "steps": steps,
+            "hparams": hparams,
+            "xs": path.xs.tolist(),
+            "losses": path.losses.tolist(),
+        }
 
     return artifact(storage, trajectory_key(function, optimizer, steps, hparams), compute)
 

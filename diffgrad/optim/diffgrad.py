@@ -246,7 +246,9 @@ class DiffGrad(Optimizer):
             state = self.state[p]
             if not state:
                 if fused and not (torch.is_floating_point(p) or p.is_complex()):
-                    raise RuntimeError(f"DiffGrad(fused=True) needs floating-point or complex parameters; got {p.dtype}")
+                    raise RuntimeError(
+                        f"DiffGrad(fused=True) needs floating-point or complex parameters; got {p.dtype}"
+                    )
                 state["step"] = torch.tensor(0.0, dtype=torch.float32)
                 for key in STATE_KEYS[1:]:
                     self._set_buffer(state, key, new_buffer(p, state_dtype))
@@ -367,7 +369,16 @@ def _check_options(group: dict[str, Any]) -> None:
         if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0.0):
             raise ValueError(f"Invalid {phrase}: {value!r} ({name} must be a float >= 0)")
     _resolve_friction(group["friction"])
-    for name in ("decoupled_weight_decay", "amsgrad", "maximize", "rectify", "adanorm", "adainject", "cautious", "centralize"):
+    for name in (
+        "decoupled_weight_decay",
+        "amsgrad",
+        "maximize",
+        "rectify",
+        "adanorm",
+        "adainject",
+        "cautious",
+        "centralize",
+    ):
         if not isinstance(group[name], bool):
             raise ValueError(f"Invalid {name}: {group[name]!r} (must be a bool)")
     if group.get("differentiable", False):

@@ -38,7 +38,15 @@ from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from diffgrad.optim import fused as fused_kernel
 from diffgrad.optim.friction import Friction, friction_
-from diffgrad.optim.modifiers import Modifiers, adainject_scale, adanorm_, cautious_, centralized, injected, rectification
+from diffgrad.optim.modifiers import (
+    Modifiers,
+    adainject_scale,
+    adanorm_,
+    cautious_,
+    centralized,
+    injected,
+    rectification,
+)
 from diffgrad.optim.state import Blockwise8, StateBuffer, compute_dtype, pack, real_numel, unpack
 
 __all__ = ["diffgrad"]
@@ -249,8 +257,8 @@ def _multi_tensor_diffgrad(
 ) -> None:
     grouped = Optimizer._group_tensors_by_device_and_dtype(
         [params, grads, exp_avgs, exp_avg_sqs, previous_grads, max_exp_avg_sqs, state_steps, previous_params,
-         exp_grad_norms]  # fmt: skip
-    )
+         exp_grad_norms]
+    )  # fmt: skip
     for (
         device_params,
         device_grads,
@@ -406,8 +414,10 @@ def _fused_diffgrad(state: _State, grad_scale: Tensor | None, maximize: bool, hy
         state = _State(*([_local(t) for t in values] for values in state))
     for p in state.params:
         if p.device.type != "cpu":
-            raise RuntimeError(f"DiffGrad(fused=True) supports CPU tensors; got a parameter on {p.device} "
-                               "(use the default foreach=None there)")
+            raise RuntimeError(
+                f"DiffGrad(fused=True) supports CPU tensors; got a parameter on {p.device} "
+                "(use the default foreach=None there)"
+            )
     if state.params:
         fused_kernel.fused_diffgrad_cpu(
             *state[:7], grad_scale, None, previous_params=state.previous_params,

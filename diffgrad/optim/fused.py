@@ -253,7 +253,9 @@ def _staged(param: Tensor, buffers: Sequence[StateBuffer | None], step: Tensor) 
 
     work_param = contiguous(param, param.dtype if param.dtype in _DIRECT_PARAM_DTYPES else compute)
     work_buffers = [
-        b if b is None or isinstance(b, Blockwise8) else contiguous(b, b.dtype if b.dtype == torch.bfloat16 else compute)
+        b
+        if b is None or isinstance(b, Blockwise8)
+        else contiguous(b, b.dtype if b.dtype == torch.bfloat16 else compute)
         for b in buffers
     ]
     work_step = step if step.dtype == torch.float32 else step.to(torch.float32)

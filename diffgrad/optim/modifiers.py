@@ -29,7 +29,17 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["Modifiers", "WARMUPS", "adainject_scale", "adanorm_", "adanorm_ratio_", "cautious_", "centralized", "injected", "rectification"]
+__all__ = [
+    "Modifiers",
+    "WARMUPS",
+    "adainject_scale",
+    "adanorm_",
+    "adanorm_ratio_",
+    "cautious_",
+    "centralized",
+    "injected",
+    "rectification",
+]
 
 # What the rectified step does while ρ_t is under the threshold: a bias-corrected momentum-SGD
 # step θ ← θ − α·m̂ (the family paper's reading), or no update.

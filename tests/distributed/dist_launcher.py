@@ -207,7 +207,11 @@ class WorkerPool:
 
         # The rendezvous store of this task, held here until every rank has answered.
         store = TCPStore(
-            "127.0.0.1", 0, world_size, is_master=True, wait_for_workers=False,
+            "127.0.0.1",
+            0,
+            world_size,
+            is_master=True,
+            wait_for_workers=False,
             timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S),
         )
         try:
@@ -217,7 +221,9 @@ class WorkerPool:
         finally:
             del store
 
-    def _collect(self, task_id: int, fn: Callable[..., Any], world_size: int, timeout: float, collective: bool) -> list[Any]:
+    def _collect(
+        self, task_id: int, fn: Callable[..., Any], world_size: int, timeout: float, collective: bool
+    ) -> list[Any]:
         outputs: dict[int, Any] = {}
         errors: dict[int, str] = {}
         deadline = time.monotonic() + timeout

@@ -36,6 +36,7 @@ FRICTION_NAMES = ["dfc", "dfc1", "dfc2", "dfc3", "dfc4", "dfc5"]
 
 CASES = [(impl, options) for impl in IMPLEMENTATIONS for options in option_sets_for(impl)]
 
+
 @pytest.fixture(scope="module")
 def fsdp_results(pool, per_impl):
     """Every case of one implementation in one pool task, run when its first test asks."""

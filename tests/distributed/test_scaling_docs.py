@@ -68,8 +68,16 @@ def test_the_page_covers_every_setting() -> None:
         assert f"\n## {heading}" in text, heading
     kinds = [_how(block)[0] for block in PYTHON_BLOCKS]
     assert kinds.count("torchrun") >= 3 and "deepspeed" in kinds
-    for needle in ("DistributedDataParallel", "gradient_as_bucket_view=True", "fully_shard", "get_state_dict",
-                   "set_state_dict", "dcp.save", "dcp.load", "deepspeed.initialize"):
+    for needle in (
+        "DistributedDataParallel",
+        "gradient_as_bucket_view=True",
+        "fully_shard",
+        "get_state_dict",
+        "set_state_dict",
+        "dcp.save",
+        "dcp.load",
+        "deepspeed.initialize",
+    ):
         assert any(needle in block for block in PYTHON_BLOCKS), needle
 
 
@@ -85,8 +93,9 @@ def test_python_block_runs(pool, scratch: Path, index: int) -> None:
     script = scratch / name
     script.write_text(block)
     try:
-        pool.run(run_script_task, str(script), world_size=processes, init_process_group=False, cwd=str(scratch),
-                 timeout=240)
+        pool.run(
+            run_script_task, str(script), world_size=processes, init_process_group=False, cwd=str(scratch), timeout=240
+        )
     except WorkerError as error:
         pytest.fail(f"{name} ({kind}, {processes} process(es)) from {PAGE.name} failed:\n{error}")
 

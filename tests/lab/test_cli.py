@@ -73,8 +73,10 @@ def test_list_shows_workloads_and_optimizers(capsys):
         assert f"  {name} " in out and spec.description in out
     digits = WORKLOADS["digits-cnn"]
     budget = digits.default_budget
-    assert (f"metric accuracy (higher is better), target {digits.target}; budget {budget.steps} steps x batch "
-            f"{budget.batch_size}, eval every {budget.eval_every}; options: activation=relu") in out
+    assert (
+        f"metric accuracy (higher is better), target {digits.target}; budget {budget.steps} steps x batch "
+        f"{budget.batch_size}, eval every {budget.eval_every}; options: activation=relu"
+    ) in out
     assert "unavailable" not in out  # pytorch_optimizer is installed here
 
 
@@ -90,9 +92,30 @@ def test_compare_then_report_end_to_end(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(report, "render_report", fake_render)
     out_dir = tmp_path / "out"
     url = f"sqlite:///{out_dir.resolve() / 'results.db'}"
-    argv = ["compare", "--workload", "tiny", "--optimizers", "adam,diffgrad", "--protocol", "tuned", "--budget", "2",
-            "--seeds", "2", "--steps", "16", "--schedule", "step", "--out", str(out_dir), "--quiet", "--threads", "1",
-            "--tag", "smoke"]
+    argv = [
+        "compare",
+        "--workload",
+        "tiny",
+        "--optimizers",
+        "adam,diffgrad",
+        "--protocol",
+        "tuned",
+        "--budget",
+        "2",
+        "--seeds",
+        "2",
+        "--steps",
+        "16",
+        "--schedule",
+        "step",
+        "--out",
+        str(out_dir),
+        "--quiet",
+        "--threads",
+        "1",
+        "--tag",
+        "smoke",
+    ]
     code, out, err = _run(argv, capsys)
     assert code == 0, err
     assert "studies: tiny/adam/tuned/smoke, tiny/diffgrad/tuned/smoke" in out
@@ -120,8 +143,10 @@ def test_compare_then_report_end_to_end(tmp_path, capsys, monkeypatch):
         ([*DIGITS, "--option", "activation"], "expected KEY=VALUE"),
         ([*DIGITS, "--option", "colour=red"], "has no option 'colour'"),
         ([*DIGITS, "--hparam", "momentum=0.9"], "no hyper-parameter"),
-        (["compare", "--workload", "cifar10-resnet", "--optimizers", "adam", "--option", "data_dir=/no/such/dir"],
-         "no cifar10 data"),
+        (
+            ["compare", "--workload", "cifar10-resnet", "--optimizers", "adam", "--option", "data_dir=/no/such/dir"],
+            "no cifar10 data",
+        ),
         ([*DIGITS, "--storage", "nosuchdialect://x"], "cannot open storage"),
         ([*DIGITS, "--device", "nosuchdevice"], "not usable"),
         ([*DIGITS, "--budget", "0"], "positive integer"),

@@ -41,8 +41,11 @@ def _assert_one_line_error(code: int, err: str, *expected: str) -> None:
 
 def _digests(folder: Path) -> dict[str, str]:
     """Every file under ``folder`` with the hash of its bytes."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _random_bytes(path: Path) -> Path:
@@ -65,8 +68,18 @@ def _results_db(path: Path, tag: str) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     url = f"sqlite:///{path}"
     study = optuna.create_study(storage=runner.open_storage(url), study_name=f"tiny/adam/tuned/{tag}")
-    info = StudyInfo(workload="tiny", optimizer="adam", protocol="tuned", metric_name="accuracy",
-                     higher_is_better=True, target=0.9, steps=8, batch_size=4, eval_every=4, tag=tag)
+    info = StudyInfo(
+        workload="tiny",
+        optimizer="adam",
+        protocol="tuned",
+        metric_name="accuracy",
+        higher_is_better=True,
+        target=0.9,
+        steps=8,
+        batch_size=4,
+        eval_every=4,
+        tag=tag,
+    )
     study.set_user_attr(INFO_KEY, dataclasses.asdict(info))
     return url
 
@@ -105,8 +118,7 @@ def test_an_unusable_storage_url_is_named_without_its_password(command, url, mes
 
 @pytest.mark.parametrize("command", ["compare", "report"])
 @pytest.mark.parametrize("out", ["a-file", "a-file/sub"])
-def test_an_output_folder_that_cannot_be_made_is_refused_before_any_work(command, out, tmp_path, capsys,
-                                                                         monkeypatch):
+def test_an_output_folder_that_cannot_be_made_is_refused_before_any_work(command, out, tmp_path, capsys, monkeypatch):
     # Tests run as root, which writes through any mode bits: a path through a regular file is what
     # cannot be made for everyone.
     (tmp_path / "a-file").write_text("not a folder")
@@ -143,14 +155,23 @@ def test_compare_prints_the_database_without_its_password(capsys, monkeypatch):
     assert "database: postgresql://user:***@127.0.0.1:1/db" in out and "secret" not in out + err
 
 
-@pytest.mark.parametrize("argv", [
-    [*DIGITS, "--storage", SECRET_URL, "--no-report"],
-    ["report", "--storage", "sqlite:///{tmp}/random.db"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [*DIGITS, "--storage", SECRET_URL, "--no-report"],
+        ["report", "--storage", "sqlite:///{tmp}/random.db"],
+    ],
+)
 def test_the_console_command_exits_2_with_one_line_and_no_traceback(argv, tmp_path):
     _random_bytes(tmp_path / "random.db")
     argv = [arg.format(tmp=tmp_path) for arg in argv]
-    done = subprocess.run([sys.executable, "-m", "diffgrad.cli", *argv], capture_output=True, text=True,
-                          timeout=120, cwd=tmp_path, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    done = subprocess.run(
+        [sys.executable, "-m", "diffgrad.cli", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
     _assert_one_line_error(done.returncode, done.stderr)
     assert "secret" not in done.stdout

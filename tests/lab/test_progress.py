@@ -24,13 +24,33 @@ WORKLOADS["tiny"] = TinyWorkload
 sys.exit(cli.main(sys.argv[1:]))
 """
 
-LINE = re.compile(r"^diffgrad: run (\d+)/(\d+): (tiny/\S+ #\d+ (?:tune|final) seed \d+): val \S+ \(\d+\.\d s\)$",
-                  re.MULTILINE)
+LINE = re.compile(
+    r"^diffgrad: run (\d+)/(\d+): (tiny/\S+ #\d+ (?:tune|final) seed \d+): val \S+ \(\d+\.\d s\)$", re.MULTILINE
+)
 
 
 def _compare(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    argv = ["compare", "--workload", "tiny", "--optimizers", "adam,diffgrad", "--protocol", "tuned", "--budget", "2",
-            "--seeds", "1", "--steps", "8", "--threads", "1", "--no-report", "--out", str(tmp_path / "out"), *extra]
+    argv = [
+        "compare",
+        "--workload",
+        "tiny",
+        "--optimizers",
+        "adam,diffgrad",
+        "--protocol",
+        "tuned",
+        "--budget",
+        "2",
+        "--seeds",
+        "1",
+        "--steps",
+        "8",
+        "--threads",
+        "1",
+        "--no-report",
+        "--out",
+        str(tmp_path / "out"),
+        *extra,
+    ]
     done = subprocess.run([sys.executable, "-c", SCRIPT, *argv], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert done.returncode == 0, done.stderr
     return done

@@ -15,12 +15,29 @@ from diffgrad.lab.registry import OPTIMIZERS, PublishedDiffGrad, create_optimize
 from diffgrad.optim import DiffGrad
 
 PEERS = {"adabelief", "adan", "adamp", "lion", "radam"}
-PAPER_NAMES = {"diffgrad", *(f"diffgrad-dfc{k}" for k in range(1, 6)), "diffgrad-amsgrad", "diffgradw",
-               "diffgrad-published", "sgdm", "adagrad", "adadelta", "rmsprop", "amsgrad", "adam", "adamw",
-               "adam-half-lr"}
+PAPER_NAMES = {
+    "diffgrad",
+    *(f"diffgrad-dfc{k}" for k in range(1, 6)),
+    "diffgrad-amsgrad",
+    "diffgradw",
+    "diffgrad-published",
+    "sgdm",
+    "adagrad",
+    "adadelta",
+    "rmsprop",
+    "amsgrad",
+    "adam",
+    "adamw",
+    "adam-half-lr",
+}
 # The diffGrad family (docs/paper.md §8): each name switches on one DiffGrad option.
-FAMILY = {"diffgrad-rect": "rectify", "diffgrad-norm": "adanorm", "diffgrad-inject": "adainject",
-          "diffgrad-cautious": "cautious", "diffgrad-gc": "centralize"}
+FAMILY = {
+    "diffgrad-rect": "rectify",
+    "diffgrad-norm": "adanorm",
+    "diffgrad-inject": "adainject",
+    "diffgrad-cautious": "cautious",
+    "diffgrad-gc": "centralize",
+}
 
 
 def _model() -> torch.nn.Module:
@@ -145,8 +162,11 @@ def test_published_diffgrad_is_adam_at_half_lr_after_the_first_step(set_to_none)
     adam = torch.optim.Adam(twin.parameters(), lr=lr / 2)
     for p, q in zip(model.parameters(), twin.parameters()):
         state = published.state[p]
-        adam.state[q] = {"step": state["step"].clone(), "exp_avg": state["exp_avg"].clone(),
-                         "exp_avg_sq": state["exp_avg_sq"].clone()}
+        adam.state[q] = {
+            "step": state["step"].clone(),
+            "exp_avg": state["exp_avg"].clone(),
+            "exp_avg_sq": state["exp_avg_sq"].clone(),
+        }
     for x, y in batches[1:]:
         for m, opt in ((model, published), (twin, adam)):
             opt.zero_grad(set_to_none=set_to_none)

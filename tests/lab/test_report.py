@@ -89,8 +89,9 @@ def test_performance_profile_hand_example() -> None:
     np.testing.assert_allclose(prof.values[:, 0], [1, 2, inf, inf, inf])
     np.testing.assert_allclose(prof.values[:, 1], [2, 1, 1, inf, 1])
     np.testing.assert_allclose(prof.rho(1.0), [1 / 5, 3 / 5])
-    np.testing.assert_allclose(prof.rho(np.array([1.0, 1.99, 2.0, 1e9, inf])),
-                               [[0.2, 0.2, 0.4, 0.4, 0.4], [0.6, 0.6, 0.8, 0.8, 0.8]])
+    np.testing.assert_allclose(
+        prof.rho(np.array([1.0, 1.99, 2.0, 1e9, inf])), [[0.2, 0.2, 0.4, 0.4, 0.4], [0.6, 0.6, 0.8, 0.8, 0.8]]
+    )
     taus, rho = prof.curve("A", 3.0)
     np.testing.assert_allclose(taus, [1, 2, 3])
     np.testing.assert_allclose(rho, [0.2, 0.4, 0.4])
@@ -131,16 +132,26 @@ def test_lr_sensitivity_groups_and_separates_failures() -> None:
 
 
 def test_markdown_to_html_subset() -> None:
-    text = "\n".join([
-        "## Title with `code`", "", "A **bold** *new* claim & <tag>", "continues here.", "",
-        format_table(["a", "b|c"], [["`x|y`", 1.5]], align="lr"), "", "- one", "- **two**", "",
-        "![a plot](plots/x.png)",
-    ])
+    text = "\n".join(
+        [
+            "## Title with `code`",
+            "",
+            "A **bold** *new* claim & <tag>",
+            "continues here.",
+            "",
+            format_table(["a", "b|c"], [["`x|y`", 1.5]], align="lr"),
+            "",
+            "- one",
+            "- **two**",
+            "",
+            "![a plot](plots/x.png)",
+        ]
+    )
     out = markdown_to_html(text)
     assert "<h2>Title with <code>code</code></h2>" in out
     assert "<p>A <strong>bold</strong> <em>new</em> claim &amp; &lt;tag&gt; continues here.</p>" in out
-    assert "<th>a</th><th style=\"text-align:right\">b|c</th>" in out
-    assert "<td><code>x|y</code></td><td style=\"text-align:right\">1.5</td>" in out
+    assert '<th>a</th><th style="text-align:right">b|c</th>' in out
+    assert '<td><code>x|y</code></td><td style="text-align:right">1.5</td>' in out
     assert "<ul>\n<li>one</li>\n<li><strong>two</strong></li>\n</ul>" in out
     assert '<figure><img src="plots/x.png" alt="a plot"><figcaption>a plot</figcaption></figure>' in out
 
@@ -195,8 +206,9 @@ def test_plot_trajectories_1d_and_2d(tmp_path: Path) -> None:
     _assert_png(plots.plot_trajectories("F1", curves, tmp_path / "t1.png", fn=f1))
 
     path = torch.stack([torch.linspace(-1.5, 1, 30), torch.linspace(2, 1, 30)], dim=1).double()
-    out = plots.plot_trajectories("Rosenbrock", {"adam": (path.numpy(), rosenbrock(path).numpy())}, tmp_path / "t2.png",
-                                  fn=rosenbrock)
+    out = plots.plot_trajectories(
+        "Rosenbrock", {"adam": (path.numpy(), rosenbrock(path).numpy())}, tmp_path / "t2.png", fn=rosenbrock
+    )
     _assert_png(out)
     with pytest.raises(ValueError):
         plots.plot_trajectories("bad", {"a": (np.zeros((3, 3)), np.zeros(3))}, tmp_path / "bad.png")
@@ -204,8 +216,15 @@ def test_plot_trajectories_1d_and_2d(tmp_path: Path) -> None:
 
 def test_plot_lines_log_axes(tmp_path: Path) -> None:
     t = np.arange(1, 200)
-    out = plots.plot_lines({"adam": (t, 1 / np.sqrt(t)), "diffgrad": (t, 0.5 / np.sqrt(t))}, tmp_path / "r.png",
-                           title="R(T)/T", xlabel="T", ylabel="R(T)/T", logx=True, logy=True)
+    out = plots.plot_lines(
+        {"adam": (t, 1 / np.sqrt(t)), "diffgrad": (t, 0.5 / np.sqrt(t))},
+        tmp_path / "r.png",
+        title="R(T)/T",
+        xlabel="T",
+        ylabel="R(T)/T",
+        logx=True,
+        logy=True,
+    )
     _assert_png(out)
 
 
@@ -214,8 +233,23 @@ def test_plot_lines_log_axes(tmp_path: Path) -> None:
 STEPS = list(range(0, 1001, 100))
 
 
-def _record(study, workload, optimizer, protocol, phase, trial, seed, hparams, level, *,  # noqa: ANN001
-            higher=True, target=0.8, test=None, diverged=False, tag="t1") -> RunRecord:
+def _record(
+    study,
+    workload,
+    optimizer,
+    protocol,
+    phase,
+    trial,
+    seed,
+    hparams,
+    level,
+    *,  # noqa: ANN001
+    higher=True,
+    target=0.8,
+    test=None,
+    diverged=False,
+    tag="t1",
+) -> RunRecord:
     """A run whose validation metric approaches ``level`` exponentially (or falls, for losses)."""
     progress = 1 - np.exp(-np.asarray(STEPS) / 250.0)
     val = (level * progress) if higher else (1.0 - (1.0 - level) * progress)
@@ -224,13 +258,27 @@ def _record(study, workload, optimizer, protocol, phase, trial, seed, hparams, l
         val[-3:] = [float("nan")] * 3
     reached = next((s for s, v in zip(STEPS, val) if (v >= target if higher else v <= target)), None)
     return RunRecord(
-        study=study, workload=workload, optimizer=optimizer, protocol=protocol, phase=phase,
-        trial_number=trial, seed=seed, hparams=hparams, steps=STEPS, val_metric=val,
-        val_loss=[1.0 - v for v in val], train_loss=[float(2.0 * np.exp(-s / 300) + 0.01) for s in STEPS],
-        wall_time=[s / 100.0 for s in STEPS], final_val_metric=val[-1], test_metric=test,
-        test_loss=None if test is None else 0.3, steps_to_target=reached,
-        time_to_target=None if reached is None else reached / 100.0, total_wall_time=10.0 + seed,
-        diverged=diverged, tag=tag,
+        study=study,
+        workload=workload,
+        optimizer=optimizer,
+        protocol=protocol,
+        phase=phase,
+        trial_number=trial,
+        seed=seed,
+        hparams=hparams,
+        steps=STEPS,
+        val_metric=val,
+        val_loss=[1.0 - v for v in val],
+        train_loss=[float(2.0 * np.exp(-s / 300) + 0.01) for s in STEPS],
+        wall_time=[s / 100.0 for s in STEPS],
+        final_val_metric=val[-1],
+        test_metric=test,
+        test_loss=None if test is None else 0.3,
+        steps_to_target=reached,
+        time_to_target=None if reached is None else reached / 100.0,
+        total_wall_time=10.0 + seed,
+        diverged=diverged,
+        tag=tag,
     )
 
 
@@ -255,38 +303,96 @@ def _build_db(url: str) -> dict[str, list[RunRecord]]:
         metric, higher, target = WORKLOADS[workload]
         name = f"{tag}-{workload}-{optimizer}-{protocol}"
         study = optuna.create_study(storage=storage, study_name=name, direction="maximize" if higher else "minimize")
-        info = StudyInfo(workload=workload, optimizer=optimizer, protocol=protocol, metric_name=metric,
-                         higher_is_better=higher, target=target, steps=1000, batch_size=32, eval_every=100,
-                         workload_options={"width": 8}, search_space={"lr": [1e-4, 1e-1]}, tag=tag,
-                         tuning_budget=4 if tuned else 0)
+        info = StudyInfo(
+            workload=workload,
+            optimizer=optimizer,
+            protocol=protocol,
+            metric_name=metric,
+            higher_is_better=higher,
+            target=target,
+            steps=1000,
+            batch_size=32,
+            eval_every=100,
+            workload_options={"width": 8},
+            search_space={"lr": [1e-4, 1e-1]},
+            tag=tag,
+            tuning_budget=4 if tuned else 0,
+        )
         study.set_user_attr("info", dataclasses.asdict(info))
         recs = []
         trial = 0
         if tuned:
             for lr, scale in ((1e-3, 0.9), (3e-3, 1.0), (1e-2, 0.97), (1e-1, None)):
-                recs.append(_record(name, workload, optimizer, protocol, "tune", trial, 0, {"lr": lr},
-                                    level * (scale or 1), higher=higher, target=target, diverged=scale is None,
-                                    tag=tag))
+                recs.append(
+                    _record(
+                        name,
+                        workload,
+                        optimizer,
+                        protocol,
+                        "tune",
+                        trial,
+                        0,
+                        {"lr": lr},
+                        level * (scale or 1),
+                        higher=higher,
+                        target=target,
+                        diverged=scale is None,
+                        tag=tag,
+                    )
+                )
                 trial += 1
         for seed in range(seeds):
             test = float(level + rng.normal(0, 0.01)) if with_test else None
-            recs.append(_record(name, workload, optimizer, protocol, "final", trial, seed, {"lr": 3e-3},
-                                level + rng.normal(0, 0.005), higher=higher, target=target, test=test, tag=tag))
+            recs.append(
+                _record(
+                    name,
+                    workload,
+                    optimizer,
+                    protocol,
+                    "final",
+                    trial,
+                    seed,
+                    {"lr": 3e-3},
+                    level + rng.normal(0, 0.005),
+                    higher=higher,
+                    target=target,
+                    test=test,
+                    tag=tag,
+                )
+            )
             trial += 1
         # Optuna cannot complete a trial with a NaN value, so a diverged run is stored with the worst
         # score as its objective while its record keeps the NaN.
-        study.add_trials([
-            optuna.trial.create_trial(
-                value=rec.final_val_metric if math.isfinite(rec.final_val_metric) else (0.0 if higher else 1e9),
-                user_attrs={"record": rec.to_attr()}, state=optuna.trial.TrialState.COMPLETE)
-            for rec in recs
-        ])
+        study.add_trials(
+            [
+                optuna.trial.create_trial(
+                    value=rec.final_val_metric if math.isfinite(rec.final_val_metric) else (0.0 if higher else 1e9),
+                    user_attrs={"record": rec.to_attr()},
+                    state=optuna.trial.TrialState.COMPLETE,
+                )
+                for rec in recs
+            ]
+        )
         written[name] = recs
     # A study that has started but has no finished run yet.
     empty = optuna.create_study(storage=storage, study_name="t1-toy_mlp-adagrad-tuned", direction="maximize")
-    empty.set_user_attr("info", dataclasses.asdict(StudyInfo(
-        workload="toy_mlp", optimizer="adagrad", protocol="tuned", metric_name="accuracy", higher_is_better=True,
-        target=0.8, steps=1000, batch_size=32, eval_every=100, tag="t1")))
+    empty.set_user_attr(
+        "info",
+        dataclasses.asdict(
+            StudyInfo(
+                workload="toy_mlp",
+                optimizer="adagrad",
+                protocol="tuned",
+                metric_name="accuracy",
+                higher_is_better=True,
+                target=0.8,
+                steps=1000,
+                batch_size=32,
+                eval_every=100,
+                tag="t1",
+            )
+        ),
+    )
     return written
 
 
@@ -304,8 +410,13 @@ def test_render_writes_all_files(rendered) -> None:  # noqa: ANN001
     out = md.parent
     assert md.name == "report.md" and (out / "report.html").is_file()
     pngs = sorted(p.name for p in (out / "plots").glob("*.png"))
-    assert pngs == ["curves_quadratic-t1.png", "curves_toy-mlp-t1.png", "lr_quadratic-t1.png",
-                    "lr_toy-mlp-t1.png", "performance_profile.png"]
+    assert pngs == [
+        "curves_quadratic-t1.png",
+        "curves_toy-mlp-t1.png",
+        "lr_quadratic-t1.png",
+        "lr_toy-mlp-t1.png",
+        "performance_profile.png",
+    ]
     for name in pngs:
         _assert_png(out / "plots" / name)
 
@@ -313,8 +424,17 @@ def test_render_writes_all_files(rendered) -> None:  # noqa: ANN001
 def test_markdown_sections_and_numbers(rendered) -> None:  # noqa: ANN001
     md, written = rendered
     text = md.read_text()
-    for heading in ("# Test report", "## Overview", "## Summary", "## Learning curves", "## Learning-rate sensitivity",
-                    "## Steps and time to target", "## Performance profile", "### toy_mlp [t1]", "### quadratic [t1]"):
+    for heading in (
+        "# Test report",
+        "## Overview",
+        "## Summary",
+        "## Learning curves",
+        "## Learning-rate sensitivity",
+        "## Steps and time to target",
+        "## Performance profile",
+        "### toy_mlp [t1]",
+        "### quadratic [t1]",
+    ):
         assert heading + "\n" in text, heading
     assert "other-toy_mlp" not in text  # the tag filter dropped the study tagged "other"
     assert "`t1-toy_mlp-adagrad-tuned` (no runs)" in text
@@ -327,8 +447,11 @@ def test_markdown_sections_and_numbers(rendered) -> None:  # noqa: ANN001
         values = np.array([r.test_metric if with_test else r.final_val_metric for r in final])
         mean = values.mean()
         half = T975[len(values) - 1] * values.std(ddof=1) / math.sqrt(len(values))
-        row = next(line for line in text.splitlines() if f"`{study}` #{final[0].trial_number}–" in line
-                   and line.startswith("| ") and "±" in line)
+        row = next(
+            line
+            for line in text.splitlines()
+            if f"`{study}` #{final[0].trial_number}–" in line and line.startswith("| ") and "±" in line
+        )
         assert f"{mean:.4g} ± {half:.4g}" in row, (study, row)
         assert f"| {'test' if with_test else 'val'} |" in row
         steps = sorted(r.steps_to_target if r.steps_to_target is not None else math.inf for r in final)
@@ -344,8 +467,10 @@ def test_markdown_sections_and_numbers(rendered) -> None:  # noqa: ANN001
     # lr sensitivity: best tuning trial and its source.
     tune = [r for r in written["t1-toy_mlp-adam-tuned"] if r.phase == "tune"]
     best = max((r for r in tune if math.isfinite(r.final_val_metric)), key=lambda r: r.final_val_metric)
-    assert (f"| adam | tuned | 4 | 0.001 – 0.1 | {best.hparams['lr']:.4g} | {best.final_val_metric:.4g} | "
-            f"#{best.trial_number} | 1 | `t1-toy_mlp-adam-tuned` #0–3 |") in text
+    assert (
+        f"| adam | tuned | 4 | 0.001 – 0.1 | {best.hparams['lr']:.4g} | {best.final_val_metric:.4g} | "
+        f"#{best.trial_number} | 1 | `t1-toy_mlp-adam-tuned` #0–3 |"
+    ) in text
     # performance profile: diffgrad reaches first on both workloads, sgdm on none.
     assert "| diffgrad (tuned) | 2/2 | 2/2 | 2/2 | 2/2 | 2/2 |" in text
     assert "| sgdm (paper) | 0/2 | 0/2 | 0/2 | 0/2 | 0/2 |" in text
@@ -374,8 +499,10 @@ def test_render_is_deterministic_and_handles_empty_db(rendered, tmp_path: Path) 
 
 def test_sections_without_study_info_or_spread(tmp_path: Path) -> None:
     """Records alone (no StudyInfo), one seed each and no test score still give a readable report."""
-    records = [_record(f"s-{opt}", "w", opt, "paper", "final", 0, 0, {"lr": 1e-3}, level, tag="")
-               for opt, level in (("adam", 0.9), ("diffgrad", 0.7))]
+    records = [
+        _record(f"s-{opt}", "w", opt, "paper", "final", 0, 0, {"lr": 1e-3}, level, tag="")
+        for opt, level in (("adam", 0.9), ("diffgrad", 0.7))
+    ]
     sections = build_sections(Results.from_records(records, {}), tmp_path / "plots")
     text = Document("T", sections).write(tmp_path).read_text()
     assert "No study description stored for this workload" in text
@@ -386,13 +513,23 @@ def test_sections_without_study_info_or_spread(tmp_path: Path) -> None:
 
 def test_summary_flags_unequal_budgets() -> None:
     def info(optimizer: str, steps: int, tuning_budget: int) -> StudyInfo:
-        return StudyInfo(workload="w", optimizer=optimizer, protocol="tuned", metric_name="accuracy",
-                         higher_is_better=True, target=0.8, steps=steps, batch_size=32, eval_every=100,
-                         tuning_budget=tuning_budget)
+        return StudyInfo(
+            workload="w",
+            optimizer=optimizer,
+            protocol="tuned",
+            metric_name="accuracy",
+            higher_is_better=True,
+            target=0.8,
+            steps=steps,
+            batch_size=32,
+            eval_every=100,
+            tuning_budget=tuning_budget,
+        )
 
     infos = {"a": info("adam", 1000, 20), "d": info("diffgrad", 2000, 30)}
-    records = [_record(s, "w", i.optimizer, "tuned", "final", 0, 0, {"lr": 1e-3}, 0.9, tag="")
-               for s, i in infos.items()]
+    records = [
+        _record(s, "w", i.optimizer, "tuned", "final", 0, 0, {"lr": 1e-3}, 0.9, tag="") for s, i in infos.items()
+    ]
     text = "\n".join(s.markdown for s in summary_sections(Results.from_records(records, infos)))
     assert "differ in budget, batch size, target, metric or schedule" in text
     assert "different tuning budgets (20, 30 trials)" in text

@@ -24,15 +24,21 @@ from test_runner import TinyWorkload, _one_thread  # noqa: E402, F401  (the tiny
 OPTIMIZERS = ["diffgrad", "adam", "sgdm"]  # the README example's set: SGD with momentum diverges on Beale
 STEPS = TinyWorkload.default_budget.steps
 # SGD with momentum at lr 0.05 leaves the finite range within a few iterations on both functions.
-SHORT_TRAJECTORIES = {"F1": {"steps": 20, "lr": 0.1}, "beale": {"steps": 20, "lr": 0.05},
-                      "rosenbrock": {"steps": 20, "lr": 0.05}}
+SHORT_TRAJECTORIES = {
+    "F1": {"steps": 20, "lr": 0.1},
+    "beale": {"steps": 20, "lr": 0.05},
+    "rosenbrock": {"steps": 20, "lr": 0.05},
+}
 
 
 def _add(study: optuna.Study, record: RunRecord | None, state: optuna.trial.TrialState) -> None:
     """A trial written directly: COMPLETE with a record, or FAIL / PRUNED without one."""
     complete = state == optuna.trial.TrialState.COMPLETE
-    study.add_trial(optuna.trial.create_trial(
-        state=state, value=0.0 if complete else None, user_attrs={RECORD_KEY: record.to_attr()} if record else {}))
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=state, value=0.0 if complete else None, user_attrs={RECORD_KEY: record.to_attr()} if record else {}
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +52,15 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> str:
             patch.setattr(trajectories, "STANDARD", SHORT_TRAJECTORIES)
             # 2 tune + 2 final runs per optimizer: sgdm's tune runs train, its final runs diverge (at
             # step 5 and at step 1, leaving no evaluation at all).
-            runner.compare(TinyWorkload(nan_after=10 * STEPS + 5), OPTIMIZERS, protocol="tuned", budget=2, seeds=2,
-                           storage=url, progress=False)
+            runner.compare(
+                TinyWorkload(nan_after=10 * STEPS + 5),
+                OPTIMIZERS,
+                protocol="tuned",
+                budget=2,
+                seeds=2,
+                storage=url,
+                progress=False,
+            )
     finally:
         torch.set_num_threads(threads)
 
@@ -56,24 +69,33 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> str:
     template = next(r for r in load_records(url) if r.study == "tiny/adam/tuned" and r.phase == "final")
     adam = optuna.load_study(study_name="tiny/adam/tuned", storage=storage)
     # Written by another tool: non-finite values without the runner's flag, and no provenance (an old database).
-    nan_curve = dataclasses.replace(template, trial_number=10, seed=3, val_metric=[0.5, float("nan"), float("nan")],
-                                    diverged=False, provenance=None)
+    nan_curve = dataclasses.replace(
+        template, trial_number=10, seed=3, val_metric=[0.5, float("nan"), float("nan")], diverged=False, provenance=None
+    )
     _add(adam, nan_curve, states.COMPLETE)
     _add(adam, None, states.FAIL)
     _add(adam, None, states.PRUNED)
     # Another package and torch version re-ran one seed of diffgrad's study.
     diffgrad_study = optuna.load_study(study_name="tiny/diffgrad/tuned", storage=storage)
     older = dataclasses.replace(template.provenance, package_version="0.0.1", torch_version="1.13.0")
-    _add(diffgrad_study, dataclasses.replace(template, study="tiny/diffgrad/tuned", optimizer="diffgrad",
-                                             trial_number=10, seed=3, provenance=older), states.COMPLETE)
+    _add(
+        diffgrad_study,
+        dataclasses.replace(
+            template, study="tiny/diffgrad/tuned", optimizer="diffgrad", trial_number=10, seed=3, provenance=older
+        ),
+        states.COMPLETE,
+    )
     # A study that never finished a trial, and a study of one trial with one seed.
-    for name, optimizer, protocol, trials in (("tiny/adagrad/tuned", "adagrad", "tuned", [states.FAIL, states.PRUNED]),
-                                              ("tiny/rmsprop/paper", "rmsprop", "paper", [states.COMPLETE])):
+    for name, optimizer, protocol, trials in (
+        ("tiny/adagrad/tuned", "adagrad", "tuned", [states.FAIL, states.PRUNED]),
+        ("tiny/rmsprop/paper", "rmsprop", "paper", [states.COMPLETE]),
+    ):
         study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
         study.set_user_attr(INFO_KEY, {**adam.user_attrs[INFO_KEY], "optimizer": optimizer, "protocol": protocol})
         for state in trials:
-            record = dataclasses.replace(template, study=name, optimizer=optimizer, protocol=protocol, trial_number=0,
-                                         seed=1)
+            record = dataclasses.replace(
+                template, study=name, optimizer=optimizer, protocol=protocol, trial_number=0, seed=1
+            )
             _add(study, record if state == states.COMPLETE else None, state)
 
     md = render_report(url, root / "out")
@@ -93,7 +115,7 @@ def test_diverged_runs_are_labelled(report: str) -> None:
     assert "- adam (tuned): 1 of 3 diverged (seed 3; `tiny/adam/tuned` #10)" in summary  # not flagged, still caught
     assert "diverged (marked as such below)" in report.split("## Summary")[0]
     for function in ("beale", "rosenbrock"):
-        assert f"- `sgdm` on {function} (20 steps, {{\"lr\": 0.05}}): diverged at iteration" in report
+        assert f'- `sgdm` on {function} (20 steps, {{"lr": 0.05}}): diverged at iteration' in report
     assert "`sgdm` on F1" not in report
 
 
@@ -125,7 +147,8 @@ def test_old_records_load_without_provenance() -> None:
 
 
 def test_runner_records_provenance_and_warns_once_on_a_new_version(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     url = f"sqlite:///{tmp_path / 'results.db'}"
     runner.compare(TinyWorkload(), ["adam"], protocol="paper", seeds=1, storage=url, progress=False)
     (record,) = load_records(url)
@@ -142,14 +165,18 @@ def test_runner_records_provenance_and_warns_once_on_a_new_version(
     assert len(warnings) == 1 and "'tiny/adam/paper'" in warnings[0] and "torch 99.0" in warnings[0]
     study = optuna.load_study(study_name="tiny/adam/paper", storage=url)
     assert [Provenance.from_attr(p).torch_version for p in study.user_attrs[PROVENANCE_KEY]] == [
-        record.provenance.torch_version, "99.0"]
+        record.provenance.torch_version,
+        "99.0",
+    ]
 
 
 def test_trajectories_that_all_diverge_are_drawn_in_the_functions_box(tmp_path: Path) -> None:
     rosenbrock = FUNCTIONS["rosenbrock"]
     blown = np.array([[-2.0, 2.0], [1e200, -1e200], [np.inf, np.nan]])
-    curves = {"sgdm": (blown, rosenbrock.f(torch.as_tensor(blown)).numpy()),
-              "nothing": (np.full((2, 2), np.nan), np.full(2, np.nan))}  # not even a finite start
+    curves = {
+        "sgdm": (blown, rosenbrock.f(torch.as_tensor(blown)).numpy()),
+        "nothing": (np.full((2, 2), np.nan), np.full(2, np.nan)),
+    }  # not even a finite start
     out = plots.plot_trajectories("rosenbrock", curves, tmp_path / "t.png", fn=rosenbrock.f, domain=rosenbrock.domain)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="domain"):

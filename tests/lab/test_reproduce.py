@@ -37,8 +37,15 @@ def test_tiny_reproduce_has_every_section_and_resumes(tmp_path: Path, monkeypatc
     monkeypatch.setattr(rp, "QUICK", TINY)
     report = rp.reproduce(quick=True, out_dir=tmp_path, progress=False)
     text = report.read_text()
-    for heading in ("## Verdict", "## 1. The 1-D functions", "## 2. Regret", "## 3. Table I protocol",
-                    "## 4. Friction variants", "## 5. Fair comparison", "## 6. The diffGrad family"):
+    for heading in (
+        "## Verdict",
+        "## 1. The 1-D functions",
+        "## 2. Regret",
+        "## 3. Table I protocol",
+        "## 4. Friction variants",
+        "## 5. Fair comparison",
+        "## 6. The diffGrad family",
+    ):
         assert heading in text, heading
     assert "offline stand-in" in text and "tiny test scale" in text
     images = [line.rsplit("](", 1)[1].rstrip(")") for line in text.splitlines() if line.startswith("![")]
@@ -111,8 +118,10 @@ def test_table3_verdict_follows_the_numbers() -> None:
     ds = rp.PaperDataset("cifar10", "digits-cnn", {}, True)
 
     def claim(leaky: float, relu: float, half_width: float) -> rp.Claim:
-        scores = {a: (85.0, half_width) for a in rp.ACTIVATIONS} | {"leaky_relu": (leaky, half_width),
-                                                                   "relu": (relu, half_width)}
+        scores = {a: (85.0, half_width) for a in rp.ACTIVATIONS} | {
+            "leaky_relu": (leaky, half_width),
+            "relu": (relu, half_width),
+        }
         return rp._table3_claim(ds, _table_cells(rp.ACTIVATIONS, [scores] * len(rp.BATCH_SIZES)))
 
     assert claim(94.0, 93.0, 0.1).verdict == "held"
@@ -131,8 +140,13 @@ def _family_verdicts(ranking: rp.Ranking) -> dict[str, rp.Claim]:
 
 
 def test_family_verdicts_follow_the_numbers() -> None:
-    scores = {"diffgrad": (0.80, 0.01), "diffgrad-rect": (0.85, 0.01), "diffgrad-norm": (0.70, 0.01),
-              "diffgrad-inject": (0.81, 0.01), "adam": (0.90, 0.01)}
+    scores = {
+        "diffgrad": (0.80, 0.01),
+        "diffgrad-rect": (0.85, 0.01),
+        "diffgrad-norm": (0.70, 0.01),
+        "diffgrad-inject": (0.81, 0.01),
+        "adam": (0.90, 0.01),
+    }
     claims = _family_verdicts(_ranking(scores))
     assert set(claims) == {"diffgrad-rect", "diffgrad-norm", "diffgrad-inject"}  # members only, not adam
     assert claims["diffgrad-rect"].verdict == "held" and "(rank 2 of 5)" in claims["diffgrad-rect"].evidence

@@ -22,10 +22,32 @@ STATES = optuna.trial.TrialState
 def _command(url: str) -> list[str]:
     # Budget 4 samples two trials at random and two with TPE, so both kinds of draw are resumed.
     return [
-        sys.executable, "-c", _SCRIPT.format(tests=str(Path(__file__).parent)),
-        "compare", "--workload", "tiny", "--option", "delay=0.02", "--optimizers", "adam",
-        "--protocol", "tuned", "--budget", "4", "--seeds", "2", "--storage", url, "--no-report", "--quiet",
-        "--threads", "1", "--heartbeat-interval", "1", "--grace-period", str(GRACE_PERIOD),
+        sys.executable,
+        "-c",
+        _SCRIPT.format(tests=str(Path(__file__).parent)),
+        "compare",
+        "--workload",
+        "tiny",
+        "--option",
+        "delay=0.02",
+        "--optimizers",
+        "adam",
+        "--protocol",
+        "tuned",
+        "--budget",
+        "4",
+        "--seeds",
+        "2",
+        "--storage",
+        url,
+        "--no-report",
+        "--quiet",
+        "--threads",
+        "1",
+        "--heartbeat-interval",
+        "1",
+        "--grace-period",
+        str(GRACE_PERIOD),
     ]
 
 

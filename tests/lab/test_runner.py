@@ -185,7 +185,12 @@ def test_tuned_protocol_selects_on_validation_and_scores_finals_on_test(tmp_path
 def test_paper_protocol_uses_lr_1e3_for_every_optimizer_and_only_final_runs(tmp_path):
     url = _url(tmp_path)
     names = runner.compare(
-        TinyWorkload(), ["adadelta", "sgdm"], protocol="paper", seeds=2, storage=url, progress=False,
+        TinyWorkload(),
+        ["adadelta", "sgdm"],
+        protocol="paper",
+        seeds=2,
+        storage=url,
+        progress=False,
         hparams={"weight_decay": 1e-4},
     )
     records = load_records(url)
@@ -219,8 +224,9 @@ def test_more_seeds_extend_a_study_and_a_changed_plan_is_refused(tmp_path):
     assert load_study_infos(url)["tiny/adam/paper"].seeds == [1, 2, 3]
     with pytest.raises(runner.ConfigError, match="steps: stored 24, asked 12"):
         runner.compare(TinyWorkload(), ["adam"], protocol="paper", seeds=2, steps=12, storage=url, progress=False)
-    runner.compare(TinyWorkload(), ["adam"], protocol="paper", seeds=1, steps=12, tag="short", storage=url,
-                   progress=False)
+    runner.compare(
+        TinyWorkload(), ["adam"], protocol="paper", seeds=1, steps=12, tag="short", storage=url, progress=False
+    )
     assert "tiny/adam/paper/short" in load_study_infos(url)
 
 
@@ -310,10 +316,30 @@ def _trials(storage: optuna.storages.RDBStorage) -> dict[str, list[optuna.trial.
 def test_killed_compare_resumes_retries_the_dead_trial_and_keeps_finished_ones(tmp_path):
     url = _url(tmp_path)
     command = [
-        sys.executable, "-c", _SCRIPT.format(tests=str(Path(__file__).parent)),
-        "compare", "--workload", "tiny", "--option", "delay=0.02", "--optimizers", "adam",
-        "--protocol", "tuned", "--budget", "3", "--seeds", "2", "--storage", url, "--no-report", "--quiet",
-        "--heartbeat-interval", "1", "--grace-period", "2",
+        sys.executable,
+        "-c",
+        _SCRIPT.format(tests=str(Path(__file__).parent)),
+        "compare",
+        "--workload",
+        "tiny",
+        "--option",
+        "delay=0.02",
+        "--optimizers",
+        "adam",
+        "--protocol",
+        "tuned",
+        "--budget",
+        "3",
+        "--seeds",
+        "2",
+        "--storage",
+        url,
+        "--no-report",
+        "--quiet",
+        "--heartbeat-interval",
+        "1",
+        "--grace-period",
+        "2",
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -333,8 +359,12 @@ def test_killed_compare_resumes_retries_the_dead_trial_and_keeps_finished_ones(t
     process.wait()
     before = _trials(storage)
     killed = {(name, t.number) for name, ts in before.items() for t in ts if t.state == states.RUNNING}
-    finished = {(name, t.number): (t.value, t.user_attrs) for name, ts in before.items() for t in ts
-                if t.state == states.COMPLETE}
+    finished = {
+        (name, t.number): (t.value, t.user_attrs)
+        for name, ts in before.items()
+        for t in ts
+        if t.state == states.COMPLETE
+    }
     assert killed and finished
 
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)

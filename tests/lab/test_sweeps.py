@@ -79,15 +79,43 @@ while not Path({go!r}).exists():
 def _worker_command(url: str, folder: Path, index: int) -> list[str]:
     tests = str(Path(__file__).parent)
     script = _START_LINE.format(
-        tests=tests, log=str(folder / f"trained-{index}.jsonl"), ready=str(folder / f"ready-{index}"),
-        go=str(folder / "go"), timeout=START_TIMEOUT,
+        tests=tests,
+        log=str(folder / f"trained-{index}.jsonl"),
+        ready=str(folder / f"ready-{index}"),
+        go=str(folder / "go"),
+        timeout=START_TIMEOUT,
     ) + _SCRIPT.format(tests=tests)
     return [
-        sys.executable, "-c", script,
-        "compare", "--workload", "tiny", "--option", f"delay={DELAY}", "--optimizers", "adam",
-        "--protocol", "tuned", "--budget", str(BUDGET), "--seeds", str(SEEDS), "--storage", url,
-        "--out", str(folder / "results"), "--steps", "24", "--threads", "1", "--no-report", "--quiet",
-        "--heartbeat-interval", "1", "--grace-period", "60",
+        sys.executable,
+        "-c",
+        script,
+        "compare",
+        "--workload",
+        "tiny",
+        "--option",
+        f"delay={DELAY}",
+        "--optimizers",
+        "adam",
+        "--protocol",
+        "tuned",
+        "--budget",
+        str(BUDGET),
+        "--seeds",
+        str(SEEDS),
+        "--storage",
+        url,
+        "--out",
+        str(folder / "results"),
+        "--steps",
+        "24",
+        "--threads",
+        "1",
+        "--no-report",
+        "--quiet",
+        "--heartbeat-interval",
+        "1",
+        "--grace-period",
+        "60",
     ]
 
 
@@ -100,8 +128,9 @@ def _processes(commands: list[list[str]], folder: Path) -> Iterator[list[subproc
         try:
             for index, command in enumerate(commands):
                 output = stack.enter_context((folder / f"worker-{index}.out").open("w"))
-                processes.append(subprocess.Popen(command, env=env, cwd=folder, stdout=output,
-                                                  stderr=subprocess.STDOUT))
+                processes.append(
+                    subprocess.Popen(command, env=env, cwd=folder, stdout=output, stderr=subprocess.STDOUT)
+                )
             yield processes
         finally:
             for process in processes:
@@ -145,7 +174,8 @@ def _run_sweep(url: str, folder: Path, workers: int) -> dict[int, list[dict]]:
 def _describe(trials: list[optuna.trial.FrozenTrial]) -> str:
     return "\n".join(
         f"#{t.number} {t.state.name} {t.user_attrs.get('phase')} seed {t.user_attrs.get('seed')} {t.params} "
-        f"by {t.user_attrs.get(WORKER_KEY)}" for t in trials
+        f"by {t.user_attrs.get(WORKER_KEY)}"
+        for t in trials
     )
 
 
@@ -227,8 +257,10 @@ def _install_postgres() -> Path:
             update = subprocess.run(["apt-get", "update"], env=env, capture_output=True, text=True, timeout=600)
             result = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
             if result.returncode != 0:
-                pytest.skip(f"{what}, and it cannot be installed: `apt-get update` said: {_tail(update)}; "
-                            f"`{' '.join(install)}` said: {_tail(result)}")
+                pytest.skip(
+                    f"{what}, and it cannot be installed: `apt-get update` said: {_tail(update)}; "
+                    f"`{' '.join(install)}` said: {_tail(result)}"
+                )
     except subprocess.TimeoutExpired as error:
         pytest.skip(f"{what}, and `{' '.join(error.cmd)}` did not finish in {error.timeout} s")
     found = _postgres_binaries()
@@ -264,22 +296,44 @@ def postgres_server() -> Iterator[tuple[Path, int]]:
     data, log = base / "data", base / "server.log"
 
     def run(*command: str, **options) -> subprocess.CompletedProcess:
-        return subprocess.run([str(binaries / command[0]), *command[1:]], cwd=base, capture_output=True, text=True,
-                              timeout=120, **as_user, **options)
+        return subprocess.run(
+            [str(binaries / command[0]), *command[1:]],
+            cwd=base,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            **as_user,
+            **options,
+        )
 
     started = False
     try:
-        result = run("initdb", "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C",
-                     "--no-sync")
+        result = run(
+            "initdb", "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C", "--no-sync"
+        )
         if result.returncode != 0:
             pytest.skip(f"cannot create a PostgreSQL cluster with {binaries / 'initdb'}: {_tail(result)}")
         for _ in range(3):  # another process may take the free port before the server does
             port = _free_port()
-            options = (f"-c listen_addresses=127.0.0.1 -p {port} -k {base} -c fsync=off -c full_page_writes=off "
-                       f"-c synchronous_commit=off")
+            options = (
+                f"-c listen_addresses=127.0.0.1 -p {port} -k {base} -c fsync=off -c full_page_writes=off "
+                f"-c synchronous_commit=off"
+            )
             # The server keeps no pipe of ours open: its output goes to the log (-l).
-            result = run("pg_ctl", "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", "60", "start",
-                         stdin=subprocess.DEVNULL)
+            result = run(
+                "pg_ctl",
+                "-D",
+                str(data),
+                "-l",
+                str(log),
+                "-o",
+                options,
+                "-w",
+                "-t",
+                "60",
+                "start",
+                stdin=subprocess.DEVNULL,
+            )
             started = result.returncode == 0
             if started:
                 break
@@ -298,8 +352,12 @@ def postgres_url(postgres_server, request) -> str:
     """A new, empty database on the session's server, as an SQLAlchemy URL."""
     binaries, port = postgres_server
     name = re.sub(r"\W", "_", f"diffgrad_{request.node.name[:40].lower()}_{os.getpid()}")
-    result = subprocess.run([str(binaries / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", name],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [str(binaries / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", name],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     return f"postgresql://postgres@127.0.0.1:{port}/{name}"
 
@@ -311,8 +369,10 @@ def test_workers_on_one_postgresql_database_share_the_study_without_running_a_tr
     _check_shared_without_repeats(postgres_url, runs)
     # What `diffgrad report --storage URL` reads, from any host: every run, once.
     records = load_records(postgres_url)
-    assert sorted((r.phase, r.seed) for r in records) == [("final", s) for s in range(1, SEEDS + 1)] + [
-        ("tune", 0)] * BUDGET
+    assert (
+        sorted((r.phase, r.seed) for r in records)
+        == [("final", s) for s in range(1, SEEDS + 1)] + [("tune", 0)] * BUDGET
+    )
 
 
 def _in_threads(fn: Callable[[], object], count: int) -> None:

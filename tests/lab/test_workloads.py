@@ -361,11 +361,19 @@ def test_minima_and_start_points() -> None:
     assert FUNCTIONS["rastrigin"].f(grid).shape == (5, 7)  # whole plotting grids at once
 
 
-@pytest.mark.parametrize(("name", "x", "slope"), [
-    ("F1", -1.0, -1.4), ("F1", 0.0, 0.6), ("F1", 0.5, 0.6),
-    ("F2", -1.0, -40.0), ("F2", 0.5, 0.75 + math.sin(4.0) + 4 * math.cos(4.0)),  # the corrected F2'
-    ("F3", -0.45, 1.0), ("F3", -0.2, -0.875), ("F3", 0.45, -1.0),
-])
+@pytest.mark.parametrize(
+    ("name", "x", "slope"),
+    [
+        ("F1", -1.0, -1.4),
+        ("F1", 0.0, 0.6),
+        ("F1", 0.5, 0.6),
+        ("F2", -1.0, -40.0),
+        ("F2", 0.5, 0.75 + math.sin(4.0) + 4 * math.cos(4.0)),  # the corrected F2'
+        ("F3", -0.45, 1.0),
+        ("F3", -0.2, -0.875),
+        ("F3", 0.45, -1.0),
+    ],
+)
 def test_autograd_derivatives(name: str, x: float, slope: float) -> None:
     point = torch.tensor([x], dtype=torch.float64, requires_grad=True)
     (grad,) = torch.autograd.grad(FUNCTIONS[name].f(point), point)
@@ -374,9 +382,7 @@ def test_autograd_derivatives(name: str, x: float, slope: float) -> None:
 
 def test_adam_on_f1_stops_in_the_local_minimum() -> None:
     """The paper's finding (docs/paper.md §5): Adam overshoots F1's global minimum and settles at 0.2."""
-    path = trajectory(
-        FUNCTIONS["F1"], lambda p: torch.optim.Adam(p, lr=0.1, betas=(0.95, 0.999), eps=1e-8), steps=300
-    )
+    path = trajectory(FUNCTIONS["F1"], lambda p: torch.optim.Adam(p, lr=0.1, betas=(0.95, 0.999), eps=1e-8), steps=300)
     assert path.xs.shape == (301, 1) and path.losses.shape == (301,)
     assert path.xs.dtype == path.losses.dtype == torch.float64
     assert path.xs[0].item() == -1.0 and path.losses[0].item() == pytest.approx(0.49)
@@ -384,8 +390,9 @@ def test_adam_on_f1_stops_in_the_local_minimum() -> None:
 
 
 def test_trajectory_accepts_a_start_and_closure_optimizers() -> None:
-    path = trajectory(FUNCTIONS["rosenbrock"], lambda p: torch.optim.LBFGS(p, line_search_fn="strong_wolfe"),
-                      steps=20, x0=(-1.2, 1.0))
+    path = trajectory(
+        FUNCTIONS["rosenbrock"], lambda p: torch.optim.LBFGS(p, line_search_fn="strong_wolfe"), steps=20, x0=(-1.2, 1.0)
+    )
     assert path.xs.shape == (21, 2) and path.losses[-1].item() < 1e-8
     with pytest.raises(ValueError, match="x0"):
         trajectory(FUNCTIONS["F1"], lambda p: torch.optim.SGD(p, lr=0.1), steps=1, x0=(0.0, 0.0))

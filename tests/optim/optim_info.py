@@ -42,7 +42,12 @@ MODIFIER_SETS: dict[str, dict] = {
     "adanorm": {"adanorm": True},
     "adanorm_gamma05_amsgrad": {"adanorm": True, "adanorm_gamma": 0.5, "amsgrad": True},
     "adainject": {"adainject": True},
-    "adainject_k3_decoupled": {"adainject": True, "adainject_k": 3.0, "weight_decay": 0.1, "decoupled_weight_decay": True},
+    "adainject_k3_decoupled": {
+        "adainject": True,
+        "adainject_k": 3.0,
+        "weight_decay": 0.1,
+        "decoupled_weight_decay": True,
+    },
     "cautious": {"cautious": True},
     "cautious_maximize_dfc2": {"cautious": True, "maximize": True, "friction": "dfc2"},
     "centralize": {"centralize": True},

@@ -94,7 +94,9 @@ def reference_step(
             first = [st.norm / norm * x for x in g]
     if adainject_k is not None:
         if t > 1:
-            first = [(s + (prev - cur) * s * s) / adainject_k for s, prev, cur in zip(first, st.theta_prev, theta_start)]
+            first = [
+                (s + (prev - cur) * s * s) / adainject_k for s, prev, cur in zip(first, st.theta_prev, theta_start)
+            ]
         st.theta_prev = theta_start
     mu = sum(abs(x) for x in g) / n
     nu = math.sqrt(sum((abs(x) - mu) ** 2 for x in g) / n)

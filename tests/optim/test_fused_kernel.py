@@ -52,7 +52,9 @@ def _state(params: list[torch.Tensor], hyper: dict, state_dtype: object) -> dict
         "max_exp_avg_sqs": [new_buffer(p, state_dtype) for p in params] if amsgrad else [],
         "state_steps": [torch.tensor(0.0) for _ in params],
         "previous_params": [new_buffer(p, None).copy_(p) for p in params] if modifiers.adainject else [],
-        "exp_grad_norms": [torch.zeros((), dtype=torch.float32 if p.dtype != torch.float64 else p.dtype) for p in params]
+        "exp_grad_norms": [
+            torch.zeros((), dtype=torch.float32 if p.dtype != torch.float64 else p.dtype) for p in params
+        ]
         if modifiers.adanorm
         else [],
     }
@@ -199,15 +201,21 @@ def test_blockwise8_codec_is_states(sqrt_domain: bool) -> None:
     store(expected, x, (0, x.numel()), sqrt_domain=sqrt_domain)
     codes, absmax = torch.empty_like(expected.codes), torch.empty_like(expected.absmax)
     lib = fused.library()
-    lib.dg_encode_blockwise8(_pointer(x), ctypes.c_int64(x.numel()), ctypes.c_int32(sqrt_domain), _pointer(codes), _pointer(absmax))
+    lib.dg_encode_blockwise8(
+        _pointer(x), ctypes.c_int64(x.numel()), ctypes.c_int32(sqrt_domain), _pointer(codes), _pointer(absmax)
+    )
     assert torch.equal(codes, expected.codes)
     assert torch.equal(absmax, expected.absmax)
     # Decoding every code under a few scales, zero included.
     every = torch.arange(256, dtype=torch.uint8).repeat(4)
     scales = torch.tensor([1.0, 3.5e-3, 0.0, 7e37])
     decoded = torch.empty(every.numel())
-    lib.dg_decode_blockwise8(_pointer(every), _pointer(scales), ctypes.c_int64(every.numel()), ctypes.c_int32(sqrt_domain), _pointer(decoded))
-    reference, _ = load(Blockwise8(every, scales), (0, every.numel()), torch.float32, copy=True, sqrt_domain=sqrt_domain)
+    lib.dg_decode_blockwise8(
+        _pointer(every), _pointer(scales), ctypes.c_int64(every.numel()), ctypes.c_int32(sqrt_domain), _pointer(decoded)
+    )
+    reference, _ = load(
+        Blockwise8(every, scales), (0, every.numel()), torch.float32, copy=True, sqrt_domain=sqrt_domain
+    )
     torch.testing.assert_close(decoded, reference, rtol=0, atol=0, equal_nan=True)
 
 
@@ -217,7 +225,15 @@ def test_found_inf_skips_everything() -> None:
     state = _state(params, hyper, "8bit")
     _step(fused_diffgrad_cpu, params, _grads(params, 0), state, hyper)
     before = copy.deepcopy((params, state))
-    _step(fused_diffgrad_cpu, params, _grads(params, 1), state, hyper, grad_scale=torch.tensor(8.0), found_inf=torch.tensor(1.0))
+    _step(
+        fused_diffgrad_cpu,
+        params,
+        _grads(params, 1),
+        state,
+        hyper,
+        grad_scale=torch.tensor(8.0),
+        found_inf=torch.tensor(1.0),
+    )
     for a, b in zip(params, before[0]):
         assert torch.equal(a, b)
     for key, values in state.items():
@@ -234,7 +250,9 @@ def test_grad_scale_unscales() -> None:
     grads = _grads(params, 0)
     _step(_eager, expected_params, grads, expected_state, hyper)
     scaled = [g * 1024.0 for g in grads]
-    _step(fused_diffgrad_cpu, params, scaled, state, hyper, grad_scale=torch.tensor(1024.0), found_inf=torch.tensor(0.0))
+    _step(
+        fused_diffgrad_cpu, params, scaled, state, hyper, grad_scale=torch.tensor(1024.0), found_inf=torch.tensor(0.0)
+    )
     for p, e in zip(params, expected_params):
         torch.testing.assert_close(p, e, rtol=1e-5, atol=1e-6)
 

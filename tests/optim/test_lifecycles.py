@@ -22,7 +22,10 @@ def _model() -> nn.Module:
 
 def _batches(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     g = torch.Generator().manual_seed(1)
-    return [(torch.randn(16, 6, generator=g, dtype=torch.float64), torch.randn(16, 1, generator=g, dtype=torch.float64)) for _ in range(n)]
+    return [
+        (torch.randn(16, 6, generator=g, dtype=torch.float64), torch.randn(16, 1, generator=g, dtype=torch.float64))
+        for _ in range(n)
+    ]
 
 
 def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -64,10 +64,14 @@ def test_matches_reference_on_every_state_key(device: str, impl: str, name: str)
         if options.get("adainject"):
             expected["previous_param"] = st.theta_prev
         assert set(state) == set(expected)
-        torch.testing.assert_close(p.detach().cpu().flatten(), torch.tensor(theta, dtype=torch.float64), rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(
+            p.detach().cpu().flatten(), torch.tensor(theta, dtype=torch.float64), rtol=1e-10, atol=1e-12
+        )
         for key, value in expected.items():
             actual = state[key].cpu().flatten()
-            torch.testing.assert_close(actual, torch.as_tensor(value, dtype=actual.dtype).flatten(), rtol=1e-10, atol=1e-12)
+            torch.testing.assert_close(
+                actual, torch.as_tensor(value, dtype=actual.dtype).flatten(), rtol=1e-10, atol=1e-12
+            )
 
 
 def test_rectification_golden_values() -> None:

@@ -24,7 +24,10 @@ def test_compact_state_unpacked_in_batches_changes_nothing(monkeypatch: pytest.M
     def run(size: int) -> tuple[list[torch.Tensor], DiffGrad]:
         monkeypatch.setattr(functional, "UNPACK_NUMEL", size)
         g = torch.Generator().manual_seed(0)
-        params = [torch.randn(16, 320, generator=g, requires_grad=True), torch.randn(8, 512, generator=g, requires_grad=True)]
+        params = [
+            torch.randn(16, 320, generator=g, requires_grad=True),
+            torch.randn(8, 512, generator=g, requires_grad=True),
+        ]
         opt = DiffGrad(params, **HP, **ALL_OPTIONS, state_dtype="8bit", foreach=True)
         for _ in range(5):
             for p in params:

@@ -338,7 +338,9 @@ def _check_against_reference(case: Case, path: str) -> None:
             where = f"{path}, step {t + 1}, parameter {i} ({case.specs[i].layout} {case.specs[i].shape})"
             assert p.shape == case.specs[i].shape
             actual_theta = p.detach().flatten()
-            torch.testing.assert_close(actual_theta, torch.tensor(theta, dtype=torch.float64), **tol, msg=lambda m: f"{where}: param\n{m}")
+            torch.testing.assert_close(
+                actual_theta, torch.tensor(theta, dtype=torch.float64), **tol, msg=lambda m: f"{where}: param\n{m}"
+            )
             state = opt.state.get(p, {})
             expected = _expected_state(st_, case.options)
             assert set(state) == set(expected), where
@@ -449,7 +451,9 @@ def _compare_8bit(p: torch.Tensor, state_p: dict, state_q: dict, key: str, where
     absmax = torch.maximum(state_p[key + "_absmax"], state_q[key + "_absmax"]).repeat_interleave(BLOCK)
     bound = 2 * CODE_STEP * torch.maximum(a.abs(), b.abs()) + 2 * SUBNORMAL_STEP * absmax + 1e-6 * absmax
     excess = (a - b).abs() - bound
-    assert (excess <= 0).all(), f"{where}: {key}: {int((excess > 0).sum())} of {a.numel()} decoded values apart by more than two codes"
+    assert (excess <= 0).all(), (
+        f"{where}: {key}: {int((excess > 0).sum())} of {a.numel()} decoded values apart by more than two codes"
+    )
 
 
 def _check_paths_agree(case: Case, paths: tuple[str, ...]) -> None:

@@ -51,7 +51,9 @@ def test_matches_reference_on_every_state_key(device: str, impl: str, option_set
                 p.grad = grad.clone()
             else:
                 p.grad.copy_(grad)
-            ref_theta[i] = reference_step(ref_theta[i], grad.cpu().flatten().tolist(), ref_states[i], **reference_kwargs(options, HP))
+            ref_theta[i] = reference_step(
+                ref_theta[i], grad.cpu().flatten().tolist(), ref_states[i], **reference_kwargs(options, HP)
+            )
         opt.step()
 
     assert torch.equal(frozen[0], frozen_before) and frozen[0] not in opt.state
@@ -66,7 +68,9 @@ def test_matches_reference_on_every_state_key(device: str, impl: str, option_set
         if options.get("amsgrad"):
             expected["max_exp_avg_sq"] = st.v_max
         assert set(state) == set(expected)
-        torch.testing.assert_close(p.detach().cpu().flatten(), torch.tensor(theta, dtype=torch.float64), rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(
+            p.detach().cpu().flatten(), torch.tensor(theta, dtype=torch.float64), rtol=1e-12, atol=1e-14
+        )
         for key, value in expected.items():
             actual = state[key].cpu() if key == "step" else state[key].cpu().flatten()
             torch.testing.assert_close(actual, torch.as_tensor(value, dtype=actual.dtype), rtol=1e-12, atol=1e-14)
@@ -137,7 +141,15 @@ def test_tensor_lr_and_per_group_options_match_reference() -> None:
         for name, p in (("a", a), ("b", b)):
             p.grad = torch.randn(6, generator=g, dtype=torch.float64)
         opt.step()
-        ref["a"] = (reference_step(ref["a"][0], a.grad.tolist(), ref["a"][1], **{**reference_kwargs({}, HP), "lr": float(torch.tensor(0.02))}), ref["a"][1])
+        ref["a"] = (
+            reference_step(
+                ref["a"][0],
+                a.grad.tolist(),
+                ref["a"][1],
+                **{**reference_kwargs({}, HP), "lr": float(torch.tensor(0.02))},
+            ),
+            ref["a"][1],
+        )
         kw = {**reference_kwargs({"friction": "dfc2", "weight_decay": 0.2}, HP), "lr": 0.05}
         ref["b"] = (reference_step(ref["b"][0], b.grad.tolist(), ref["b"][1], **kw), ref["b"][1])
     torch.testing.assert_close(a.detach(), torch.tensor(ref["a"][0], dtype=torch.float64), rtol=1e-12, atol=1e-14)
@@ -181,7 +193,12 @@ def test_every_lr_scheduler_drives_the_step_size(impl: str, name: str, lr_type: 
     for epoch in range(30):
         p.grad = torch.randn(5, generator=g, dtype=torch.float64)
         group = opt.param_groups[0]
-        kw = {**reference_kwargs({}, HP), "lr": float(group["lr"]), "beta1": group["betas"][0], "beta2": group["betas"][1]}
+        kw = {
+            **reference_kwargs({}, HP),
+            "lr": float(group["lr"]),
+            "beta1": group["betas"][0],
+            "beta2": group["betas"][1],
+        }
         lrs.add(round(float(group["lr"]), 12))
         theta = reference_step(theta, p.grad.tolist(), st, **kw)
         opt.step()
@@ -215,7 +232,14 @@ def test_options_grid_is_exhaustive_over_booleans() -> None:
     """Every combination of the boolean options steps and stays finite, on both paths."""
     for amsgrad, maximize, decoupled, foreach in itertools.product([False, True], repeat=4):
         p = torch.randn(7, requires_grad=True)
-        opt = DiffGrad([p], weight_decay=0.01, decoupled_weight_decay=decoupled, amsgrad=amsgrad, maximize=maximize, foreach=foreach)
+        opt = DiffGrad(
+            [p],
+            weight_decay=0.01,
+            decoupled_weight_decay=decoupled,
+            amsgrad=amsgrad,
+            maximize=maximize,
+            foreach=foreach,
+        )
         for _ in range(3):
             p.grad = torch.randn(7)
             opt.step()

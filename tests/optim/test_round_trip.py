@@ -53,7 +53,9 @@ def _assert_same_state_dict(actual: dict, expected: dict) -> None:
             assert torch.equal(actual["state"][key][name], value), (key, name)
 
 
-def _assert_steps_alike(params_a: list[torch.Tensor], opt_a: DiffGrad, params_b: list[torch.Tensor], opt_b: DiffGrad) -> None:
+def _assert_steps_alike(
+    params_a: list[torch.Tensor], opt_a: DiffGrad, params_b: list[torch.Tensor], opt_b: DiffGrad
+) -> None:
     """One more step of both, from the same gradients, gives the same parameters."""
     g = torch.Generator().manual_seed(9)
     for p, q in zip(params_a, params_b):

@@ -31,7 +31,12 @@ def _train(model: nn.Module, opt: DiffGrad, sched, steps: range) -> None:
 
 @pytest.mark.parametrize(
     "options",
-    [{}, {"foreach": True}, {"amsgrad": True, "weight_decay": 0.1, "friction": "dfc4"}, {"decoupled_weight_decay": True, "weight_decay": 0.1, "maximize": True}],
+    [
+        {},
+        {"foreach": True},
+        {"amsgrad": True, "weight_decay": 0.1, "friction": "dfc4"},
+        {"decoupled_weight_decay": True, "weight_decay": 0.1, "maximize": True},
+    ],
 )
 def test_round_trip_mid_training_is_bit_exact(options: dict) -> None:
     model, opt = _setup(options)
@@ -63,7 +68,14 @@ def test_loads_state_saved_by_the_published_code() -> None:
     """The published diffGrad.py keeps ``step`` as a Python int and the same tensor keys."""
     p = torch.randn(4, requires_grad=True)
     published_state = {
-        "state": {0: {"step": 3, "exp_avg": torch.full((4,), 0.1), "exp_avg_sq": torch.full((4,), 0.01), "previous_grad": torch.ones(4)}},
+        "state": {
+            0: {
+                "step": 3,
+                "exp_avg": torch.full((4,), 0.1),
+                "exp_avg_sq": torch.full((4,), 0.01),
+                "previous_grad": torch.ones(4),
+            }
+        },
         "param_groups": [{"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0, "params": [0]}],
     }
     opt = DiffGrad([p])

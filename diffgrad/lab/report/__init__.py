@@ -31,9 +31,7 @@ DEFAULT_TITLE = "diffGrad evidence lab report"
 PLOTS_DIR = "plots"
 
 
-def render_report(
-    storage_url: str, out_dir: str | Path, *, title: str = DEFAULT_TITLE, tag: str | None = None
-) -> Path:
+def render_report(storage_url: str, out_dir: str | Path, *, title: str = DEFAULT_TITLE, tag: str | None = None) -> Path:
     """Write ``report.md``, ``report.html`` and ``plots/*.png`` into ``out_dir`` from the database.
 
     ``tag`` restricts the report to the studies of one experiment. Returns the Markdown path.

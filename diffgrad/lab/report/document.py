@@ -110,8 +110,7 @@ def _table_html(lines: list[str]) -> str:
         else:
             styles.append("")
     head = "".join(f"<th{s}>{_inline(c)}</th>" for c, s in zip(header, styles))
-    body = "\n".join("<tr>" + "".join(f"<td{s}>{_inline(c)}</td>" for c, s in zip(r, styles)) + "</tr>"
-                     for r in rows)
+    body = "\n".join("<tr>" + "".join(f"<td{s}>{_inline(c)}</td>" for c, s in zip(r, styles)) + "</tr>" for r in rows)
     return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>"
 
 
@@ -199,7 +198,7 @@ class Document:
         root.mkdir(parents=True, exist_ok=True)
         text = self.markdown(root)
         page = (
-            "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
             f"<title>{html.escape(self.title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
             f"{markdown_to_html(text)}\n</body>\n</html>\n"
         )

@@ -41,8 +41,22 @@ _KNOWN_COLORS = {
 }
 # Other names hash (crc32, stable across processes unlike hash()) into this palette.
 _EXTRA_COLORS = (
-    "#ff7f0e", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d",
-    "#31a354", "#756bb1", "#636363", "#9c9ede", "#cedb9c", "#e7ba52", "#e7969c", "#de9ed6",
+    "#ff7f0e",
+    "#393b79",
+    "#637939",
+    "#8c6d31",
+    "#843c39",
+    "#7b4173",
+    "#3182bd",
+    "#e6550d",
+    "#31a354",
+    "#756bb1",
+    "#636363",
+    "#9c9ede",
+    "#cedb9c",
+    "#e7ba52",
+    "#e7969c",
+    "#de9ed6",
 )
 _PROTOCOL_STYLES = {"tuned": "-", "paper": "--"}
 
@@ -137,14 +151,36 @@ def _draw_panel(ax: Axes, panel: Panel) -> None:
     for line in panel.lines:
         x = np.asarray(line.x, dtype=float)
         if line.on_axis:
-            ax.plot(x, np.full_like(x, 0.02), transform=ax.get_xaxis_transform(), color=line.color,
-                    marker=line.marker or "x", linestyle="none", label=line.label, clip_on=False)
+            ax.plot(
+                x,
+                np.full_like(x, 0.02),
+                transform=ax.get_xaxis_transform(),
+                color=line.color,
+                marker=line.marker or "x",
+                linestyle="none",
+                label=line.label,
+                clip_on=False,
+            )
             continue
-        ax.plot(x, np.asarray(line.y, dtype=float), color=line.color, linestyle=line.linestyle,
-                marker=line.marker, markersize=4, drawstyle=line.drawstyle, label=line.label)
+        ax.plot(
+            x,
+            np.asarray(line.y, dtype=float),
+            color=line.color,
+            linestyle=line.linestyle,
+            marker=line.marker,
+            markersize=4,
+            drawstyle=line.drawstyle,
+            label=line.label,
+        )
         if line.band is not None:
-            ax.fill_between(x, np.asarray(line.band[0], dtype=float), np.asarray(line.band[1], dtype=float),
-                            color=line.color, alpha=0.18, linewidth=0)
+            ax.fill_between(
+                x,
+                np.asarray(line.band[0], dtype=float),
+                np.asarray(line.band[1], dtype=float),
+                color=line.color,
+                alpha=0.18,
+                linewidth=0,
+            )
     if panel.hline is not None:
         ax.axhline(panel.hline, color="black", linewidth=0.8, linestyle=":", label=panel.hline_label or None)
     if panel.logx:
@@ -207,8 +243,13 @@ def plot_learning_curves(
 ) -> Path:
     """Validation metric (with the target as a reference line) and training loss against steps."""
     panels = [
-        Panel(metric_lines, "steps", f"validation {metric_name}", hline=target,
-              hline_label="target" if target is not None else ""),
+        Panel(
+            metric_lines,
+            "steps",
+            f"validation {metric_name}",
+            hline=target,
+            hline_label="target" if target is not None else "",
+        ),
         Panel(loss_lines, "steps", "training loss", logy=_wants_log(l.y for l in loss_lines), legend=False),
     ]
     return plot_panels(panels, path, title=title)
@@ -216,13 +257,16 @@ def plot_learning_curves(
 
 def plot_lr_sensitivity(lines: Sequence[Line], path: str | Path, *, title: str, metric_name: str) -> Path:
     """Final validation metric against learning rate (log axis) over tuning runs."""
-    return plot_panels([Panel(lines, "learning rate", f"final validation {metric_name}", logx=True)], path,
-                       title=title)
+    return plot_panels([Panel(lines, "learning rate", f"final validation {metric_name}", logx=True)], path, title=title)
 
 
 def plot_performance_profiles(
-    profiles: Sequence[tuple[Profile, str]], colors: Mapping[str, str], styles: Mapping[str, str],
-    path: str | Path, *, title: str = "",
+    profiles: Sequence[tuple[Profile, str]],
+    colors: Mapping[str, str],
+    styles: Mapping[str, str],
+    path: str | Path,
+    *,
+    title: str = "",
 ) -> Path:
     """Step plots ρ_s(τ) of each ``(profile, τ-axis label)``; ratio profiles get a log2 τ axis.
 
@@ -234,10 +278,23 @@ def plot_performance_profiles(
         # Extend the axis past the largest finite value so the last step is visible, ratios at
         # least to 4 (the range people read off); all-zero regrets still need a non-empty axis.
         tau_max = max(4.0, 1.5 * profile.max_finite()) if is_ratio else 1.1 * profile.max_finite() or 1.0
-        lines = [Line(s, *profile.curve(s, tau_max), color=colors.get(s), linestyle=styles.get(s, "-"),
-                      drawstyle="steps-post") for s in profile.solvers]
-        panels.append(Panel(lines, xlabel, "fraction of workloads ρ(τ)", logx=is_ratio, logx_base=2,
-                            ylim=(-0.02, 1.02), legend=not panels))
+        lines = [
+            Line(
+                s, *profile.curve(s, tau_max), color=colors.get(s), linestyle=styles.get(s, "-"), drawstyle="steps-post"
+            )
+            for s in profile.solvers
+        ]
+        panels.append(
+            Panel(
+                lines,
+                xlabel,
+                "fraction of workloads ρ(τ)",
+                logx=is_ratio,
+                logx_base=2,
+                ylim=(-0.02, 1.02),
+                legend=not panels,
+            )
+        )
     return plot_panels(panels, path, title=title)
 
 
@@ -351,8 +408,11 @@ def plot_trajectories(
     if domain is not None and len(domain) != dim:
         raise ValueError(f"domain must give one (low, high) per coordinate, got {list(domain)}")
     diverged = any(p.diverged_at is not None for p in paths)
-    ends = [Line("", [len(p.losses) - 1], p.losses[-1:], color=colors[p.name], marker="x", linestyle="none")
-            for p in paths if p.diverged_at is not None and len(p.losses)]
+    ends = [
+        Line("", [len(p.losses) - 1], p.losses[-1:], color=colors[p.name], marker="x", linestyle="none")
+        for p in paths
+        if p.diverged_at is not None and len(p.losses)
+    ]
     losses = [Line(p.label, np.arange(len(p.losses)), p.losses, color=colors[p.name]) for p in paths]
     log = _wants_log(l.y for l in losses)
     loss_panel = Panel([*losses, *ends], "iteration", "loss", logy=log, ylim=_loss_limits(paths, log), legend=False)
@@ -366,8 +426,9 @@ def plot_trajectories(
             grid = np.linspace(lo, hi, 400)
             values = _evaluate(fn, grid[:, None])
             on_fn = [Line(fn_name, grid, values, color="black")]
-            on_fn += [Line(p.name, p.xs[:, 0], p.losses, color=colors[p.name], marker=".", linestyle="none")
-                      for p in paths]
+            on_fn += [
+                Line(p.name, p.xs[:, 0], p.losses, color=colors[p.name], marker=".", linestyle="none") for p in paths
+            ]
             finite_values = values[np.isfinite(values)]
             fn_view = _padded(finite_values, False) if diverged and finite_values.size else None
             panels.append(Panel(on_fn, "θ", fn_name, xlim=view, ylim=fn_view, legend=False))
@@ -384,8 +445,9 @@ def plot_trajectories(
             ax_path.contour(gx, gy, z, levels=levels, cmap="Greys", linewidths=0.6)
     for p in (p for p in paths if len(p.xs)):
         ax_path.plot(p.xs[:, 0], p.xs[:, 1], color=colors[p.name], linewidth=1.2, label=p.label)
-        ax_path.plot(p.xs[-1, 0], p.xs[-1, 1], color=colors[p.name], marker="*" if p.diverged_at is None else "x",
-                     markersize=10)
+        ax_path.plot(
+            p.xs[-1, 0], p.xs[-1, 1], color=colors[p.name], marker="*" if p.diverged_at is None else "x", markersize=10
+        )
     start = next((p.xs[0] for p in paths if len(p.xs)), None)
     if start is not None:
         ax_path.plot(start[0], start[1], color="black", marker="o", label="start")

@@ -127,8 +127,10 @@ class Results:
             cells.sort(key=lambda c: (c.optimizer, c.protocol, c.study))
             labels = [c.label for c in cells]
             if len(set(labels)) != len(labels):
-                raise ValueError(f"two studies share an optimizer and protocol on {workload!r} tag {tag_!r}: "
-                                 f"{[c.study for c in cells]}; give them different tags")
+                raise ValueError(
+                    f"two studies share an optimizer and protocol on {workload!r} tag {tag_!r}: "
+                    f"{[c.study for c in cells]}; give them different tags"
+                )
             problems.append(Problem(workload, tag_, tuple(cells)))
         return cls(tuple(problems))
 
@@ -177,10 +179,15 @@ def _diverged_note(cells: Sequence[Cell]) -> str:
         runs = [r for r in c.final if diverged(r)]
         if runs:
             seeds = ", ".join(str(r.seed) for r in runs)
-            lines.append(f"- {c.label}: {len(runs)} of {len(c.final)} diverged "
-                         f"(seed{'s' if len(runs) > 1 else ''} {seeds}; {source(c.study, runs)})")
-    return "**Diverged runs** (left out of the means; their curves stop where they diverged):\n\n" + "\n".join(
-        lines) if lines else ""
+            lines.append(
+                f"- {c.label}: {len(runs)} of {len(c.final)} diverged "
+                f"(seed{'s' if len(runs) > 1 else ''} {seeds}; {source(c.study, runs)})"
+            )
+    return (
+        "**Diverged runs** (left out of the means; their curves stop where they diverged):\n\n" + "\n".join(lines)
+        if lines
+        else ""
+    )
 
 
 def fmt_steps(x: float) -> str:
@@ -227,9 +234,11 @@ def _problem_header(problem: Problem) -> str:
     info = problem.info
     if info is None:
         return "No study description stored for this workload (metric direction and target unknown)."
-    text = (f"Metric `{info.metric_name}` ({'higher' if info.higher_is_better else 'lower'} is better), "
-            f"target {fmt(info.target)}; budget {info.steps} steps at batch size {info.batch_size}, "
-            f"evaluated every {info.eval_every} steps, `{info.schedule}` learning-rate schedule")
+    text = (
+        f"Metric `{info.metric_name}` ({'higher' if info.higher_is_better else 'lower'} is better), "
+        f"target {fmt(info.target)}; budget {info.steps} steps at batch size {info.batch_size}, "
+        f"evaluated every {info.eval_every} steps, `{info.schedule}` learning-rate schedule"
+    )
     if info.workload_options:
         text += f"; options `{json.dumps(info.workload_options, sort_keys=True)}`"
     text += "."
@@ -240,8 +249,10 @@ def _problem_header(problem: Problem) -> str:
         text += f" Tuned optimizers: {budgets[0]} tuning trials each."
     # A fair comparison gives every optimizer the same budget, schedule and tuning effort (docs/paper.md §7).
     if len({(i.steps, i.batch_size, i.target, i.metric_name, i.schedule) for i in described}) > 1:
-        text += ("\n\n**Note:** the studies of this workload differ in budget, batch size, target, metric or "
-                 "schedule (see each study's info), so their rows are not a like-for-like comparison.")
+        text += (
+            "\n\n**Note:** the studies of this workload differ in budget, batch size, target, metric or "
+            "schedule (see each study's info), so their rows are not a like-for-like comparison."
+        )
     if len(budgets) > 1:
         text += f"\n\n**Note:** the tuned studies had different tuning budgets ({', '.join(map(str, budgets))} trials)."
     return text
@@ -267,9 +278,11 @@ def overview_sections(results: Results, storage_url: str | None = None) -> list[
     if storage_url is not None:
         lines.append(f"Database: `{redact_url(storage_url)}`.")
     n_diverged = sum(diverged(r) for c in cells for r in c.runs)
-    lines.append(f"{len(cells)} studies on {len({p.workload for p in results.problems})} workloads; "
-                 f"{n_final} final runs and {n_tune} tuning runs"
-                 + (f", of which {n_diverged} diverged (marked as such below)." if n_diverged else "."))
+    lines.append(
+        f"{len(cells)} studies on {len({p.workload for p in results.problems})} workloads; "
+        f"{n_final} final runs and {n_tune} tuning runs"
+        + (f", of which {n_diverged} diverged (marked as such below)." if n_diverged else ".")
+    )
     runs = [r for c in cells for r in c.runs]
     if runs:
         lines.append(provenance_summary(runs))
@@ -292,7 +305,8 @@ def overview_sections(results: Results, storage_url: str | None = None) -> list[
     empty = [c for c in cells if not c.final]
     if empty:
         body += "\n\nStudies without finished final runs (left out of the tables below):\n\n" + "\n".join(
-            f"- {source(c.study, c.tune)}" + (f": {len(c.tune)} tuning runs" if c.tune else "") for c in empty)
+            f"- {source(c.study, c.tune)}" + (f": {len(c.tune)} tuning runs" if c.tune else "") for c in empty
+        )
     return [Section("Overview", body)]
 
 
@@ -312,21 +326,40 @@ def summary_sections(results: Results) -> list[Section]:
             if ci.n == 0 and n_diverged == len(c.final):
                 shown = "all diverged"
             steps = target_summary([r.steps_to_target for r in c.final])
-            rows.append([
-                c.optimizer, c.protocol, _hparams(c.final), len({r.seed for r in c.final}), split,
-                f"**{shown}**" if c.study == best else shown,
-                f"{fmt_steps(steps.median)} ({steps.reached}/{steps.n})",
-                f"{fmt(mean_ci(r.total_wall_time for r in c.final).mean, 3)} s",
-                f"{n_diverged}/{len(c.final)}",
-                source(c.study, c.final),
-            ])
+            rows.append(
+                [
+                    c.optimizer,
+                    c.protocol,
+                    _hparams(c.final),
+                    len({r.seed for r in c.final}),
+                    split,
+                    f"**{shown}**" if c.study == best else shown,
+                    f"{fmt_steps(steps.median)} ({steps.reached}/{steps.n})",
+                    f"{fmt(mean_ci(r.total_wall_time for r in c.final).mean, 3)} s",
+                    f"{n_diverged}/{len(c.final)}",
+                    source(c.study, c.final),
+                ]
+            )
         table = format_table(
-            ["optimizer", "protocol", "hyper-parameters", "seeds", "split", f"{metric}{_direction(problem.info)} "
-             "(mean ± 95% CI)", "steps to target (median, reached)", "wall time (mean)", "diverged", "source"],
-            rows, align="lllrlrrrrl")
+            [
+                "optimizer",
+                "protocol",
+                "hyper-parameters",
+                "seeds",
+                "split",
+                f"{metric}{_direction(problem.info)} (mean ± 95% CI)",
+                "steps to target (median, reached)",
+                "wall time (mean)",
+                "diverged",
+                "source",
+            ],
+            rows,
+            align="lllrlrrrrl",
+        )
         note = _diverged_note(problem.finished)
-        out.append(Section(problem.name, _problem_header(problem) + "\n\n" + table + (f"\n\n{note}" if note else ""),
-                           level=3))
+        out.append(
+            Section(problem.name, _problem_header(problem) + "\n\n" + table + (f"\n\n{note}" if note else ""), level=3)
+        )
     return out
 
 
@@ -341,23 +374,36 @@ def _best_study(means: dict[str, float], info: StudyInfo | None) -> str | None:
 def learning_curve_sections(results: Results, plot_dir: str | Path) -> list[Section]:
     """Per workload: validation metric and training loss against steps, final-phase seeds."""
     problems = _problems_with(results, "final")
-    out = [Section("Learning curves", "Mean ± 1 std over the seeds of the final phase; a seed "
-                   "that diverged leaves the band where it stopped (the legend counts such seeds)."
-                   if problems else "No final runs in the database.")]
+    out = [
+        Section(
+            "Learning curves",
+            "Mean ± 1 std over the seeds of the final phase; a seed "
+            "that diverged leaves the band where it stopped (the legend counts such seeds)."
+            if problems
+            else "No final runs in the database.",
+        )
+    ]
     colors = results.colors()
     for problem in problems:
         metric_lines, loss_lines = [], []
         for c in problem.finished:
             n_diverged = sum(diverged(r) for r in c.final)
             label = f"{c.label}, {n_diverged}/{len(c.final)} diverged" if n_diverged else c.label
-            for curves, lines in (([(r.steps, r.val_metric) for r in c.final], metric_lines),
-                                  ([(r.steps, r.train_loss) for r in c.final], loss_lines)):
+            for curves, lines in (
+                ([(r.steps, r.val_metric) for r in c.final], metric_lines),
+                ([(r.steps, r.train_loss) for r in c.final], loss_lines),
+            ):
                 band = aggregate_curves(curves)
                 lines.append(plots.Line(label, band.x, band.mean, band=(band.lo, band.hi), **_style(c, colors)))
         info = problem.info
         path = plots.plot_learning_curves(
-            metric_lines, loss_lines, Path(plot_dir) / f"curves_{problem.slug}.png", title=problem.name,
-            metric_name=info.metric_name if info else "metric", target=info.target if info else None)
+            metric_lines,
+            loss_lines,
+            Path(plot_dir) / f"curves_{problem.slug}.png",
+            title=problem.name,
+            metric_name=info.metric_name if info else "metric",
+            target=info.target if info else None,
+        )
         out.append(Section(problem.name, images=[Image(path, f"Learning curves on {problem.name}")], level=3))
     return out
 
@@ -365,9 +411,15 @@ def learning_curve_sections(results: Results, plot_dir: str | Path) -> list[Sect
 def lr_sensitivity_sections(results: Results, plot_dir: str | Path) -> list[Section]:
     """Per workload: final validation metric of each tuning run against its learning rate."""
     problems = _problems_with(results, "tune")
-    out = [Section("Learning-rate sensitivity", f"Tuning runs (phase `{TUNE}`), scored on validation; "
-                   "a cross on the axis marks a run that diverged (its final metric is not finite)."
-                   if problems else "No tuning runs in the database.")]
+    out = [
+        Section(
+            "Learning-rate sensitivity",
+            f"Tuning runs (phase `{TUNE}`), scored on validation; "
+            "a cross on the axis marks a run that diverged (its final metric is not finite)."
+            if problems
+            else "No tuning runs in the database.",
+        )
+    ]
     colors = results.colors()
     for problem in problems:
         info = problem.info
@@ -378,44 +430,77 @@ def lr_sensitivity_sections(results: Results, plot_dir: str | Path) -> list[Sect
             style = _style(c, colors)
             lines.append(plots.Line(c.label, sens.lr, sens.mean, marker="o", **style))
             if sens.failed_lr.size:
-                lines.append(plots.Line(f"{c.label}: diverged", sens.failed_lr, (), marker="x", on_axis=True,
-                                        color=style["color"]))
+                lines.append(
+                    plots.Line(
+                        f"{c.label}: diverged", sens.failed_lr, (), marker="x", on_axis=True, color=style["color"]
+                    )
+                )
             ranked = [r for r in with_lr if math.isfinite(r.final_val_metric)]
-            best = (max if info is None or info.higher_is_better else min)(
-                ranked, key=lambda r: r.final_val_metric) if ranked else None
+            best = (
+                (max if info is None or info.higher_is_better else min)(ranked, key=lambda r: r.final_val_metric)
+                if ranked
+                else None
+            )
             lrs = [r.hparams[LR_KEY] for r in with_lr]
-            rows.append([
-                c.optimizer, c.protocol, len(c.tune),
-                f"{fmt(min(lrs))} – {fmt(max(lrs))}" if lrs else f"no `{LR_KEY}`",
-                fmt(best.hparams[LR_KEY]) if best else "n/a",
-                fmt(best.final_val_metric) if best else "n/a",
-                f"#{best.trial_number}" if best else "n/a",
-                len(c.tune) - len(ranked),
-                source(c.study, c.tune),
-            ])
+            rows.append(
+                [
+                    c.optimizer,
+                    c.protocol,
+                    len(c.tune),
+                    f"{fmt(min(lrs))} – {fmt(max(lrs))}" if lrs else f"no `{LR_KEY}`",
+                    fmt(best.hparams[LR_KEY]) if best else "n/a",
+                    fmt(best.final_val_metric) if best else "n/a",
+                    f"#{best.trial_number}" if best else "n/a",
+                    len(c.tune) - len(ranked),
+                    source(c.study, c.tune),
+                ]
+            )
         metric = info.metric_name if info else "metric"
-        path = plots.plot_lr_sensitivity(lines, Path(plot_dir) / f"lr_{problem.slug}.png", title=problem.name,
-                                         metric_name=metric)
-        table = format_table(["optimizer", "protocol", "tuning runs", f"{LR_KEY} range", f"best {LR_KEY}",
-                              f"best val {metric}", "best trial", "diverged or no lr", "source"],
-                             rows, align="llrlrrlrl")
-        out.append(Section(problem.name, table, images=[Image(path, f"Learning-rate sensitivity on {problem.name}")],
-                           level=3))
+        path = plots.plot_lr_sensitivity(
+            lines, Path(plot_dir) / f"lr_{problem.slug}.png", title=problem.name, metric_name=metric
+        )
+        table = format_table(
+            [
+                "optimizer",
+                "protocol",
+                "tuning runs",
+                f"{LR_KEY} range",
+                f"best {LR_KEY}",
+                f"best val {metric}",
+                "best trial",
+                "diverged or no lr",
+                "source",
+            ],
+            rows,
+            align="llrlrrlrl",
+        )
+        out.append(
+            Section(problem.name, table, images=[Image(path, f"Learning-rate sensitivity on {problem.name}")], level=3)
+        )
     return out
 
 
 def _steps_costs(results: Results) -> dict[str, dict[str, float]]:
     """Median steps to target of each optimizer/protocol on each workload (inf = not reached)."""
-    return {p.name: {c.label: target_summary([r.steps_to_target for r in c.final]).median for c in p.finished}
-            for p in _problems_with(results, "final")}
+    return {
+        p.name: {c.label: target_summary([r.steps_to_target for r in c.final]).median for c in p.finished}
+        for p in _problems_with(results, "final")
+    }
 
 
 def target_sections(results: Results) -> list[Section]:
     """Per workload: how many seeds reached the target, and the median steps and seconds it took."""
     problems = _problems_with(results, "final")
-    out = [Section("Steps and time to target", "Medians over all final-phase seeds; *vs fastest* divides "
-                   "the median steps by the smallest median steps on the workload (the performance-profile "
-                   "ratio)." if problems else "No final runs in the database.")]
+    out = [
+        Section(
+            "Steps and time to target",
+            "Medians over all final-phase seeds; *vs fastest* divides "
+            "the median steps by the smallest median steps on the workload (the performance-profile "
+            "ratio)."
+            if problems
+            else "No final runs in the database.",
+        )
+    ]
     profile = performance_profile(_steps_costs(results))
     for problem in problems:
         rows = []
@@ -423,16 +508,27 @@ def target_sections(results: Results) -> list[Section]:
             steps = target_summary([r.steps_to_target for r in c.final])
             seconds = target_summary([r.time_to_target for r in c.final])
             ratio = profile.values[profile.problems.index(problem.name), profile.solvers.index(c.label)]
-            rows.append([c.optimizer, c.protocol, f"{steps.reached}/{steps.n}", fmt_steps(steps.median),
-                         f"{fmt(seconds.median, 3)} s" if math.isfinite(seconds.median) else "not reached",
-                         f"{ratio:.3g}×" if math.isfinite(ratio) else "–", source(c.study, c.final)])
+            rows.append(
+                [
+                    c.optimizer,
+                    c.protocol,
+                    f"{steps.reached}/{steps.n}",
+                    fmt_steps(steps.median),
+                    f"{fmt(seconds.median, 3)} s" if math.isfinite(seconds.median) else "not reached",
+                    f"{ratio:.3g}×" if math.isfinite(ratio) else "–",
+                    source(c.study, c.final),
+                ]
+            )
         info = problem.info
         target = "Target unknown (no study description)."
         if info:
             relation = "≥" if info.higher_is_better else "≤"
             target = f"Target: validation `{info.metric_name}` {relation} {fmt(info.target)}."
-        table = format_table(["optimizer", "protocol", "reached", "median steps", "median time", "vs fastest",
-                              "source"], rows, align="llrrrrl")
+        table = format_table(
+            ["optimizer", "protocol", "reached", "median steps", "median time", "vs fastest", "source"],
+            rows,
+            align="llrrrrl",
+        )
         out.append(Section(problem.name, target + "\n\n" + table, level=3))
     return out
 
@@ -444,33 +540,46 @@ def performance_profile_sections(results: Results, plot_dir: str | Path) -> list
         return [Section("Performance profile", "No final runs in the database.")]
     steps = performance_profile(_steps_costs(results))
     scored = [p for p in problems if p.info is not None]
-    regret = regret_profile({p.name: {c.label: _final_scores(c)[1].mean for c in p.finished} for p in scored},
-                            {p.name: p.info.higher_is_better for p in scored})
+    regret = regret_profile(
+        {p.name: {c.label: _final_scores(c)[1].mean for c in p.finished} for p in scored},
+        {p.name: p.info.higher_is_better for p in scored},
+    )
     cells = {c.label: c for c in results.cells}
     colors = results.colors()
     path = plots.plot_performance_profiles(
         [(steps, "τ (median steps to target / best)"), (regret, "final-metric regret (metric units)")],
         {s: colors[c.optimizer] for s, c in cells.items()},
         {s: plots.protocol_linestyle(c.protocol) for s, c in cells.items()},
-        Path(plot_dir) / "performance_profile.png", title="Performance profiles")
+        Path(plot_dir) / "performance_profile.png",
+        title="Performance profiles",
+    )
     n, m = len(steps.problems), len(regret.problems)
     rows = []
     for i, solver in enumerate(steps.solvers):
         counts = [round(steps.rho(tau)[i] * n) for tau in (1.0, 2.0, 4.0, math.inf)]
         best_score = round(regret.rho(0.0)[regret.solvers.index(solver)] * m) if solver in regret.solvers else 0
         rows.append([solver, *(f"{k}/{n}" for k in counts), f"{best_score}/{m}"])
-    table = format_table(["optimizer (protocol)", "fastest (τ=1)", "within 2×", "within 4×", "reached target",
-                          "best final metric"], rows, align="lrrrrr")
-    text = (f"{n} workloads. Left: ρ(τ) over median steps to target (the costs in *Steps and time to target*); "
-            "an optimizer that did not reach the target, or did not run, on a workload never counts it. Right: "
-            "the fraction of workloads on which the mean final metric is within τ of the best (regret in each "
-            "workload's metric units; workloads without a study description are left out).\n\n" + table)
+    table = format_table(
+        ["optimizer (protocol)", "fastest (τ=1)", "within 2×", "within 4×", "reached target", "best final metric"],
+        rows,
+        align="lrrrrr",
+    )
+    text = (
+        f"{n} workloads. Left: ρ(τ) over median steps to target (the costs in *Steps and time to target*); "
+        "an optimizer that did not reach the target, or did not run, on a workload never counts it. Right: "
+        "the fraction of workloads on which the mean final metric is within τ of the best (regret in each "
+        "workload's metric units; workloads without a study description are left out).\n\n" + table
+    )
     return [Section("Performance profile", text, images=[Image(path, "Performance profiles across workloads")])]
 
 
 def trajectory_sections(
-    trajectories: Sequence[dict], plot_dir: str | Path, *, title: str = "Trajectories on analytic functions",
-    note: str = "Paths of each optimizer at one shared setting: pictures, not evidence.", slug: str = "trajectory",
+    trajectories: Sequence[dict],
+    plot_dir: str | Path,
+    *,
+    title: str = "Trajectories on analytic functions",
+    note: str = "Paths of each optimizer at one shared setting: pictures, not evidence.",
+    slug: str = "trajectory",
 ) -> list[Section]:
     """One figure per function and setting from stored trajectories (see :mod:`diffgrad.lab.trajectories`)."""
     from ..workloads.analytic import FUNCTIONS  # the function itself, for the contour lines
@@ -485,15 +594,24 @@ def trajectory_sections(
     for (function, steps, setting), curves in sorted(groups.items()):
         suffix = re.sub(r"[^a-z0-9]+", "-", f"{function}-{steps}-{setting}".lower()).strip("-")
         known = FUNCTIONS.get(function)
-        path = plots.plot_trajectories(function, curves, Path(plot_dir) / f"{slug}_{suffix}.png",
-                                       fn=known.f if known else None, domain=known.domain if known else None)
+        path = plots.plot_trajectories(
+            function,
+            curves,
+            Path(plot_dir) / f"{slug}_{suffix}.png",
+            fn=known.f if known else None,
+            domain=known.domain if known else None,
+        )
         images.append(Image(path, f"{function}: {steps} steps, {setting}"))
-        gone += [f"- `{optimizer}` on {function} ({steps} steps, {setting}): diverged at iteration {at}"
-                 for optimizer, (xs, losses) in sorted(curves.items())
-                 if (at := divergence_index(xs, losses)) is not None]
+        gone += [
+            f"- `{optimizer}` on {function} ({steps} steps, {setting}): diverged at iteration {at}"
+            for optimizer, (xs, losses) in sorted(curves.items())
+            if (at := divergence_index(xs, losses)) is not None
+        ]
     if gone:
-        note += ("\n\nDiverged (a parameter or the loss stopped being finite; drawn up to the last finite "
-                 "iterate, ending in a cross):\n\n" + "\n".join(gone))
+        note += (
+            "\n\nDiverged (a parameter or the loss stopped being finite; drawn up to the last finite "
+            "iterate, ending in a cross):\n\n" + "\n".join(gone)
+        )
     return [Section(title, note, images)]
 
 
@@ -518,8 +636,10 @@ def provenance_summary(records: Sequence[RunRecord]) -> str:
     text = "Made with " + "; ".join(sorted({_code(r) for r in records})) + " (details under *Provenance*)."
     mixed = _mixed_studies(records)
     if mixed:
-        text += (f" **Warning:** {len(mixed)} {'study mixes' if len(mixed) == 1 else 'studies mix'} runs of "
-                 "different package, commit or torch versions.")
+        text += (
+            f" **Warning:** {len(mixed)} {'study mixes' if len(mixed) == 1 else 'studies mix'} runs of "
+            "different package, commit or torch versions."
+        )
     return text
 
 
@@ -534,13 +654,19 @@ def provenance_sections(records: Sequence[RunRecord]) -> list[Section]:
     groups: dict[tuple[str, ...], list[str]] = defaultdict(list)
     for study, described in sorted(by_study.items()):
         groups[tuple(sorted(described))].append(study)
-    lines = [f"- {' + '.join(described)}: {', '.join(f'`{s}`' for s in studies)}"
-             for described, studies in sorted(groups.items())]
-    warnings = [f"**Warning:** `{study}` mixes versions: {' and '.join(codes)}."
-                for study, codes in _mixed_studies(records).items()]
-    text = ("Package version, git commit (*dirty*: with uncommitted changes), torch and Python versions, "
-            "device and its model, and torch threads, as stored with each run; studies with the same "
-            "provenance share a line.\n\n" + "\n".join(lines) + "".join(f"\n\n{w}" for w in warnings))
+    lines = [
+        f"- {' + '.join(described)}: {', '.join(f'`{s}`' for s in studies)}"
+        for described, studies in sorted(groups.items())
+    ]
+    warnings = [
+        f"**Warning:** `{study}` mixes versions: {' and '.join(codes)}."
+        for study, codes in _mixed_studies(records).items()
+    ]
+    text = (
+        "Package version, git commit (*dirty*: with uncommitted changes), torch and Python versions, "
+        "device and its model, and torch threads, as stored with each run; studies with the same "
+        "provenance share a line.\n\n" + "\n".join(lines) + "".join(f"\n\n{w}" for w in warnings)
+    )
     return [Section("Provenance", text)]
 
 
@@ -553,7 +679,10 @@ def build_sections(results: Results, plot_dir: str | Path, *, storage_url: str |
         *lr_sensitivity_sections(results, plot_dir),
         *target_sections(results),
         *performance_profile_sections(results, plot_dir),
-        *(trajectory_sections(list(load_artifacts(storage_url, "trajectory/").values()), plot_dir)
-          if storage_url else []),
+        *(
+            trajectory_sections(list(load_artifacts(storage_url, "trajectory/").values()), plot_dir)
+            if storage_url
+            else []
+        ),
         *provenance_sections([r for c in results.cells for r in c.runs]),
     ]

@@ -16,11 +16,39 @@ import numpy as np
 # Two-sided 95 % quantiles t(0.975, df) of Student's t distribution, used when scipy is absent.
 # Beyond df 30 the sparse rows are used at the nearest smaller df, which errs on the wide side.
 _T975 = {
-    1: 12.7062, 2: 4.3027, 3: 3.1824, 4: 2.7764, 5: 2.5706, 6: 2.4469, 7: 2.3646, 8: 2.3060,
-    9: 2.2622, 10: 2.2281, 11: 2.2010, 12: 2.1788, 13: 2.1604, 14: 2.1448, 15: 2.1314,
-    16: 2.1199, 17: 2.1098, 18: 2.1009, 19: 2.0930, 20: 2.0860, 21: 2.0796, 22: 2.0739,
-    23: 2.0687, 24: 2.0639, 25: 2.0595, 26: 2.0555, 27: 2.0518, 28: 2.0484, 29: 2.0452,
-    30: 2.0423, 40: 2.0211, 60: 2.0003, 120: 1.9799,
+    1: 12.7062,
+    2: 4.3027,
+    3: 3.1824,
+    4: 2.7764,
+    5: 2.5706,
+    6: 2.4469,
+    7: 2.3646,
+    8: 2.3060,
+    9: 2.2622,
+    10: 2.2281,
+    11: 2.2010,
+    12: 2.1788,
+    13: 2.1604,
+    14: 2.1448,
+    15: 2.1314,
+    16: 2.1199,
+    17: 2.1098,
+    18: 2.1009,
+    19: 2.0930,
+    20: 2.0860,
+    21: 2.0796,
+    22: 2.0739,
+    23: 2.0687,
+    24: 2.0639,
+    25: 2.0595,
+    26: 2.0555,
+    27: 2.0518,
+    28: 2.0484,
+    29: 2.0452,
+    30: 2.0423,
+    40: 2.0211,
+    60: 2.0003,
+    120: 1.9799,
 }
 _Z975 = 1.95996
 
@@ -171,9 +199,7 @@ def performance_profile(costs: Mapping[str, Mapping[str, float]]) -> Profile:
     return Profile(problems, solvers, ratios, 1.0)
 
 
-def regret_profile(
-    scores: Mapping[str, Mapping[str, float]], higher_is_better: Mapping[str, bool]
-) -> Profile:
+def regret_profile(scores: Mapping[str, Mapping[str, float]], higher_is_better: Mapping[str, bool]) -> Profile:
     """Profile of final-metric regret: distance to the best solver's score, in metric units.
 
     Complements :func:`performance_profile` when targets are rarely reached. Regret of a missing
@@ -247,6 +273,8 @@ def divergence_index(xs: Sequence[Sequence[float]] | np.ndarray, losses: Sequenc
     points = np.asarray(xs, dtype=float).reshape(len(xs), -1)
     values = np.asarray(losses, dtype=float)
     if len(points) != len(values):
-        raise ValueError(f"a trajectory needs one loss per iterate, got {len(points)} iterates and {len(values)} losses")
+        raise ValueError(
+            f"a trajectory needs one loss per iterate, got {len(points)} iterates and {len(values)} losses"
+        )
     bad = ~(np.isfinite(points).all(axis=1) & np.isfinite(values))
     return int(bad.argmax()) if bad.any() else None

@@ -33,8 +33,10 @@ def get_workload(name: str, **options: Any) -> Workload:
     accepted = workload_options(name)
     for option, value in options.items():
         if option not in accepted:
-            raise ValueError(f"workload {name!r} has no option {option!r} (got {option}={value!r}); "
-                             f"valid options: {', '.join(accepted) or 'none'}")
+            raise ValueError(
+                f"workload {name!r} has no option {option!r} (got {option}={value!r}); "
+                f"valid options: {', '.join(accepted) or 'none'}"
+            )
     missing = [o for o, default in accepted.items() if default is inspect.Parameter.empty and o not in options]
     if missing:
         raise ValueError(f"workload {name!r} needs the option(s) {', '.join(missing)}")

@@ -126,8 +126,10 @@ class _CifarUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in self.ALLOWED:
-            raise UnsafePickleError(f"{self.path}: refusing to load {module}.{name}; a CIFAR data file holds "
-                                    f"only dicts, lists, bytes, numbers and numpy arrays")
+            raise UnsafePickleError(
+                f"{self.path}: refusing to load {module}.{name}; a CIFAR data file holds "
+                f"only dicts, lists, bytes, numbers and numpy arrays"
+            )
         return super().find_class(module, name)
 
 
@@ -145,12 +147,15 @@ def _read_batch(path: Path, label_key: bytes) -> tuple[Tensor, Tensor]:
         raise ValueError(f"{path}: expected a dict with keys b'data' and {label_key!r}")
     data, labels = batch[b"data"], batch[label_key]
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.size % IMAGE_SIZE:
-        raise ValueError(f"{path}: b'data' must be a uint8 array of {IMAGE_SIZE}-value rows, got "
-                         f"{getattr(data, 'dtype', type(data).__name__)} of size {getattr(data, 'size', '?')}")
+        raise ValueError(
+            f"{path}: b'data' must be a uint8 array of {IMAGE_SIZE}-value rows, got "
+            f"{getattr(data, 'dtype', type(data).__name__)} of size {getattr(data, 'size', '?')}"
+        )
     labels = np.asarray(labels)
     if labels.ndim != 1 or (labels.size and not np.issubdtype(labels.dtype, np.integer)):  # [] reads as float
-        raise ValueError(f"{path}: {label_key!r} must be a list of integers, got {labels.dtype} of shape "
-                         f"{labels.shape}")
+        raise ValueError(
+            f"{path}: {label_key!r} must be a list of integers, got {labels.dtype} of shape {labels.shape}"
+        )
     return torch.from_numpy(data.reshape(-1, 3, 32, 32)), torch.from_numpy(labels.astype(np.int64))
 
 
@@ -163,14 +168,17 @@ def read_cifar(data_dir: str | Path, kind: str = "cifar10") -> dict[str, tuple[T
         images, labels = zip(*(_read_batch(folder / name, layout.label_key) for name in names))
         x, y = torch.cat(images), torch.cat(labels)
         if len(x) != len(y) or len(y) == 0 or y.min() < 0 or y.max() >= layout.num_classes:
-            raise ValueError(f"{folder}: {split} pickles hold {len(x)} images and {len(y)} labels "
-                             f"(labels must lie in [0, {layout.num_classes}))")
+            raise ValueError(
+                f"{folder}: {split} pickles hold {len(x)} images and {len(y)} labels "
+                f"(labels must lie in [0, {layout.num_classes}))"
+            )
         out[split] = (x, y)
     return out
 
 
-def write_fake_cifar(folder: str | Path, kind: str = "cifar10", n_train: int = 100, n_test: int = 20,
-                     seed: int = 0) -> Path:
+def write_fake_cifar(
+    folder: str | Path, kind: str = "cifar10", n_train: int = 100, n_test: int = 20, seed: int = 0
+) -> Path:
     """Write random uint8 images and labels in ``kind``'s official pickle layout into ``folder``
     (created if needed) and return it; a stand-in for tests and dry runs."""
     layout = _layout(kind)
@@ -241,9 +249,7 @@ def _conv_bn(c_in: int, c_out: int, kernel: int, stride: int = 1) -> nn.Sequenti
 
 
 def _basic_branch(c_in: int, planes: int, stride: int, activation: str) -> nn.Sequential:
-    return nn.Sequential(
-        _conv_bn(c_in, planes, 3, stride), make_activation(activation), _conv_bn(planes, planes, 3)
-    )
+    return nn.Sequential(_conv_bn(c_in, planes, 3, stride), make_activation(activation), _conv_bn(planes, planes, 3))
 
 
 def _bottleneck_branch(c_in: int, planes: int, stride: int, activation: str) -> nn.Sequential:
