@@ -447,7 +447,7 @@ def main(argv: list[str] | None = None) -> None:
         print("\n".join(check_targets(result)))
         sys.stdout.flush()
     if not args.no_first_step:
-        print(f"\n### First steps, new processes (cold: empty caches; warm: the cold run's caches)\n")
+        print("\n### First steps, new processes (cold: empty caches; warm: the cold run's caches)\n")
         print(first_step_table({r: t for r, t in first.items() if t}, cases))
         if "resnet50" in cases and "resnet50x4" in cases:
             for row in (r for r in rows if r.startswith("DiffGrad fused")):

@@ -15,8 +15,13 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.utils.data import Dataset
-from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
-from transformers import get_cosine_schedule_with_warmup
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    Trainer,
+    TrainingArguments,
+    get_cosine_schedule_with_warmup,
+)
 from transformers.utils import logging as hf_logging
 
 from diffgrad import DiffGrad

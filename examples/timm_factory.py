@@ -34,7 +34,7 @@ def main() -> None:
     decays = sorted({group["weight_decay"] for group in optimizer.param_groups})
     print(f"{type(optimizer).__name__} with {len(optimizer.param_groups)} parameter groups, weight decay {decays}")
 
-    for step in range(args.steps):
+    for _ in range(args.steps):
         x = torch.randn(8, 3, 32, 32)
         y = torch.randint(0, 4, (8,))
         optimizer.zero_grad(set_to_none=True)

@@ -10,17 +10,16 @@ the command resumes and never recomputes a finished run.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-
 from diffgrad.lab.online import PROBLEMS, average_regret
 from diffgrad.lab.registry import create_optimizer, get_optimizer_spec
-from diffgrad.lab.report import Document, Image, Problem, Results, Section, format_table
-from diffgrad.lab.report import plots
+from diffgrad.lab.report import Document, Image, Problem, Results, Section, format_table, plots
 from diffgrad.lab.report.sections import (
     fmt_ci,
     learning_curve_sections,
@@ -407,7 +406,7 @@ def _nearest_minimum(fn: str, x: float) -> tuple[str, float]:
 def _oscillation(xs: list[list[float]]) -> float:
     """Total variation of θ over the last two thirds of the run: how much it still moves."""
     tail = [x[0] for x in xs[len(xs) // 3 :]]
-    return sum(abs(b - a) for a, b in zip(tail, tail[1:]))
+    return sum(abs(b - a) for a, b in itertools.pairwise(tail))
 
 
 def one_d_section(plot_dir: Path, storage: Any) -> tuple[list[Section], list[Claim]]:
@@ -656,7 +655,7 @@ def variants_section(
     parts, claims = [], []
     for ds in datasets:
         rows, cells = [], {}
-        for opt in ("diffgrad",) + FRICTION_OPTIMIZERS:
+        for opt in ("diffgrad", *FRICTION_OPTIMIZERS):
             row = [opt]
             for bs in BATCH_SIZES:
                 ci, _ = _scores(records, ds, opt, f"paper-bs{bs}")
@@ -694,7 +693,7 @@ def _table2_claim(ds: PaperDataset, cells: dict[tuple[str, int], MeanCI]) -> Cla
     """At each batch size, some friction variant better than the default DFC (Eq. 19)."""
     evidence, verdicts = [], []
     for bs in BATCH_SIZES:
-        r = _batch_ranking(ds, cells, ("diffgrad",) + FRICTION_OPTIMIZERS, bs)
+        r = _batch_ranking(ds, cells, ("diffgrad", *FRICTION_OPTIMIZERS), bs)
         verdicts.append(_some([OUTCOME_VERDICTS[r.versus(v, "diffgrad")] for v in FRICTION_OPTIMIZERS]))
         lead = next(o for o in r.ranked if o != "diffgrad")
         evidence.append(

@@ -54,8 +54,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from diffgrad.lab.registry import LogUniform, get_optimizer_spec
 from diffgrad.lab.provenance import Provenance, current_provenance
+from diffgrad.lab.registry import LogUniform, get_optimizer_spec
 from diffgrad.lab.storage import (
     INFO_KEY,
     PROVENANCE_KEY,

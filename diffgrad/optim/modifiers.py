@@ -30,8 +30,8 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "Modifiers",
     "WARMUPS",
+    "Modifiers",
     "adainject_scale",
     "adanorm_",
     "adanorm_ratio_",

@@ -11,7 +11,7 @@ import torch
 # The worker processes import the task functions from these modules by name.
 sys.path.insert(0, str(Path(__file__).parent))
 
-from dist_launcher import WorkerPool  # noqa: E402
+from dist_launcher import WorkerPool
 
 
 @pytest.fixture(scope="session")

@@ -237,7 +237,7 @@ def assert_same_run(actual: dict[str, Any], expected: dict[str, Any], *, kind: s
         assert actual["state"][name].keys() == state.keys(), (name, actual["state"][name].keys(), state.keys())
         pairs += [(f"{name}.{key}", actual["state"][name][key], want) for key, want in state.items()]
     for what, got, want in pairs:
-        torch.testing.assert_close(got, want, rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}")
+        torch.testing.assert_close(got, want, rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}")  # noqa: B023 (called at once)
         if torch.is_tensor(want) and want.is_floating_point() and want.numel():
             worst = max(worst, (got - want).abs().max().item())
     record_diff(kind, worst, rtol, atol)
@@ -325,9 +325,9 @@ def _ddp_case(impl: str, options: str, bucket_view: bool, published: bool) -> di
 def ddp_task(cases: list[tuple[str, str, bool]], published_cases: list[bool]) -> dict[Any, Any]:
     results: dict[Any, Any] = {}
     for impl, options, bucket_view in cases:
-        results[(impl, options, bucket_view)] = guarded(lambda: _ddp_case(impl, options, bucket_view, False))
+        results[(impl, options, bucket_view)] = guarded(lambda: _ddp_case(impl, options, bucket_view, False))  # noqa: B023 (called at once)
     for bucket_view in published_cases:
-        results[("published", bucket_view)] = guarded(lambda: _ddp_case("", "", bucket_view, True))
+        results[("published", bucket_view)] = guarded(lambda: _ddp_case("", "", bucket_view, True))  # noqa: B023 (called at once)
     return results
 
 
@@ -364,7 +364,7 @@ def _fsdp_case(impl: str, options: str) -> dict[str, Any]:
 
 
 def fsdp_task(cases: list[tuple[str, str]]) -> dict[Any, Any]:
-    return {(impl, options): guarded(lambda: _fsdp_case(impl, options)) for impl, options in cases}
+    return {(impl, options): guarded(lambda: _fsdp_case(impl, options)) for impl, options in cases}  # noqa: B023 (called at once)
 
 
 def friction_on_shards_task(shapes: list[tuple[int, ...]], names: list[str]) -> dict[Any, Any]:
@@ -385,13 +385,13 @@ def friction_on_shards_task(shapes: list[tuple[int, ...]], names: list[str]) -> 
 
         def per_tensor() -> list[Tensor]:
             return [
-                full(friction_(friction, [distribute_tensor(p - g, mesh, [Shard(0)])], [dg])[0])
+                full(friction_(friction, [distribute_tensor(p - g, mesh, [Shard(0)])], [dg])[0])  # noqa: B023 (called at once)
                 for p, g, dg in zip(prevs, grads, dgrads)
             ]
 
         def foreach() -> list[Tensor]:
             deltas = [distribute_tensor(p - g, mesh, [Shard(0)]) for p, g in zip(prevs, grads)]
-            return [full(xi) for xi in friction_(friction, deltas, dgrads)]
+            return [full(xi) for xi in friction_(friction, deltas, dgrads)]  # noqa: B023 (called at once)
 
         out[(name, "per_tensor")] = guarded(per_tensor)
         out[(name, "foreach")] = guarded(foreach)
@@ -457,7 +457,7 @@ def dcp_save_task(cases: list[tuple[str, str, str]], save_at: int, steps: int) -
     """FSDP2 on every rank, per (impl, options, path): train ``save_at`` steps, save the model and
     optimizer with DCP, train on to ``steps`` (the uninterrupted run)."""
     return {
-        (impl, options): guarded(lambda: _dcp_save_case(impl, options, path, save_at, steps))
+        (impl, options): guarded(lambda: _dcp_save_case(impl, options, path, save_at, steps))  # noqa: B023 (called at once)
         for impl, options, path in cases
     }
 
@@ -466,7 +466,7 @@ def dcp_resume_task(cases: list[tuple[str, str, str]], save_at: int, steps: int)
     """FSDP2 on every rank, per (impl, options, path): a fresh model and optimizer load the
     checkpoint at ``path`` and train on to ``steps``."""
     return {
-        (impl, options): guarded(lambda: _dcp_resume_case(impl, options, path, save_at, steps))
+        (impl, options): guarded(lambda: _dcp_resume_case(impl, options, path, save_at, steps))  # noqa: B023 (called at once)
         for impl, options, path in cases
     }
 
@@ -508,10 +508,10 @@ def _compile_case(impl: str, options: str, backend: str) -> dict[str, Any]:
         opt = make_optimizer(model.parameters(), impl, options)
 
         def train_step(x: Tensor, y: Tensor) -> Tensor:
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model, x, y)
+            opt.zero_grad(set_to_none=True)  # noqa: B023 (called at once)
+            loss = loss_fn(model, x, y)  # noqa: B023 (called at once)
             loss.backward()
-            opt.step()
+            opt.step()  # noqa: B023 (called at once)
             return loss.detach()
 
         step = torch.compile(train_step, backend=backend) if mode == "compiled" else train_step
@@ -529,14 +529,14 @@ def _compile_case(impl: str, options: str, backend: str) -> dict[str, Any]:
 def compile_task(cases: list[tuple[str, str]], backend: str) -> dict[Any, Any]:
     """Per (impl, options): the same run eagerly and with ``torch.compile(train_step)``, where
     ``train_step`` is zero_grad, forward, backward and ``optimizer.step()``."""
-    return {(impl, options): guarded(lambda: _compile_case(impl, options, backend)) for impl, options in cases}
+    return {(impl, options): guarded(lambda: _compile_case(impl, options, backend)) for impl, options in cases}  # noqa: B023 (called at once)
 
 
 def single_process_checkpoint_task(cases: list[tuple[str, str, str]], save_at: int, steps: int, mode: str) -> dict:
     """:func:`single_process_checkpoint_run` per (impl, options, path), in a worker with no
     process group (so a compiled step is compiled there, not in the test process)."""
     return {
-        (impl, options): guarded(lambda: single_process_checkpoint_run(impl, options, path, save_at, steps, mode))
+        (impl, options): guarded(lambda: single_process_checkpoint_run(impl, options, path, save_at, steps, mode))  # noqa: B023 (called at once)
         for impl, options, path in cases
     }
 

@@ -14,6 +14,7 @@ next task.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import queue
@@ -88,10 +89,8 @@ def _worker_main(rank: int, tasks: Any, results: Any, threads: int) -> None:
         finally:
             os.chdir(old_cwd)
             if dist.is_available() and dist.is_initialized():
-                try:
+                with contextlib.suppress(Exception):
                     dist.destroy_process_group()
-                except Exception:  # noqa: BLE001
-                    pass
 
 
 class WorkerPool:
@@ -149,10 +148,8 @@ class WorkerPool:
     def close(self) -> None:
         for i, p in enumerate(self._procs):
             if p.is_alive():
-                try:
+                with contextlib.suppress(Exception):
                     self._tasks[i].put(None)
-                except Exception:  # noqa: BLE001
-                    pass
         for p in self._procs:
             p.join(timeout=1)  # a worker's interpreter shutdown can take seconds: no need to wait
             if p.is_alive():

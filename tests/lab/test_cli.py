@@ -8,13 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_runner import TinyWorkload, _one_thread  # noqa: F401  (the tiny workload and its fixture)
 
 from diffgrad import cli
 from diffgrad.lab import report, runner
 from diffgrad.lab.registry import OPTIMIZERS
 from diffgrad.lab.storage import load_records
 from diffgrad.lab.workloads import WORKLOADS
+from test_runner import TinyWorkload, _one_thread  # noqa: F401  (the tiny workload and its fixture)
 
 REPO = Path(__file__).resolve().parents[2]
 DIGITS = ["compare", "--workload", "digits-cnn", "--optimizers", "adam"]
@@ -124,7 +124,7 @@ def test_compare_then_report_end_to_end(tmp_path, capsys, monkeypatch):
     records = load_records(url)
     assert len(records) == 2 * (2 + 2) and {r.steps[-1] for r in records} == {16}
 
-    code, out, err = _run(argv + ["--no-report"], capsys)  # nothing left to train
+    code, out, err = _run([*argv, "--no-report"], capsys)  # nothing left to train
     assert code == 0 and "report:" not in out and len(rendered) == 1
     assert load_records(url) == records
 
@@ -158,7 +158,7 @@ def test_compare_then_report_end_to_end(tmp_path, capsys, monkeypatch):
 )
 def test_bad_input_exits_2_with_one_line(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a default --out must not litter the repository
-    code, out, err = _run(argv, capsys)
+    code, _out, err = _run(argv, capsys)
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("diffgrad: error: ") and message in err, err
     assert "Traceback" not in err

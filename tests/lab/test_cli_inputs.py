@@ -92,7 +92,7 @@ def test_a_file_that_is_not_a_results_database_is_refused_and_left_as_it_was(mak
     before = _digests(tmp_path)
     where = str(tmp_path / "out") if option == "--out" else f"sqlite:///{database}"
     argv = ["report", option, where] if command == "report" else [*DIGITS, option, where, "--no-report"]
-    code, out, err = _run(argv, capsys)
+    code, _out, err = _run(argv, capsys)
     _assert_one_line_error(code, err, str(database), "is not a results database")
     assert _digests(tmp_path) == before
 
@@ -134,7 +134,7 @@ def test_an_output_folder_that_cannot_be_made_is_refused_before_any_work(command
 def test_report_of_a_tag_without_studies_names_the_tags_there(tmp_path, capsys):
     url = _results_db(tmp_path / "results.db", tag="smoke")
     before = _digests(tmp_path)
-    code, out, err = _run(["report", "--storage", url, "--tag", "nope", "--out", str(tmp_path / "out")], capsys)
+    code, _out, err = _run(["report", "--storage", url, "--tag", "nope", "--out", str(tmp_path / "out")], capsys)
     _assert_one_line_error(code, err, "no studies with tag 'nope'", "tags there: 'smoke'")
     assert _digests(tmp_path) == before and not (tmp_path / "out").exists()
 
@@ -143,7 +143,7 @@ def test_report_reads_a_results_database_without_writing_to_it(tmp_path, capsys,
     url = _results_db(tmp_path / "db" / "results.db", tag="smoke")
     before = _digests(tmp_path / "db")
     monkeypatch.setattr("diffgrad.lab.report.render_report", lambda url, out, **kw: Path(out) / "report.md")
-    code, out, err = _run(["report", "--storage", url, "--tag", "smoke", "--out", str(tmp_path / "out")], capsys)
+    code, _out, err = _run(["report", "--storage", url, "--tag", "smoke", "--out", str(tmp_path / "out")], capsys)
     assert code == 0, err
     assert _digests(tmp_path / "db") == before
 

@@ -23,10 +23,11 @@ from diffgrad.lab.report import (  # noqa: E402
     build_sections,
     format_table,
     markdown_to_html,
+    plots,
     render_report,
+    stats,
     summary_sections,
 )
-from diffgrad.lab.report import plots, stats  # noqa: E402
 from diffgrad.lab.report.sections import source  # noqa: E402
 from diffgrad.lab.storage import RunRecord, StudyInfo  # noqa: E402
 

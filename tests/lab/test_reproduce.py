@@ -99,7 +99,7 @@ def _table_cells(names: tuple[str, ...], per_batch: list[dict[str, tuple[float, 
 
 def test_table2_verdict_needs_a_variant_apart_at_every_batch_size() -> None:
     ds = rp.PaperDataset("cifar10", "digits-cnn", {}, True)
-    names = ("diffgrad",) + rp.FRICTION_OPTIMIZERS
+    names = ("diffgrad", *rp.FRICTION_OPTIMIZERS)
 
     def claim(dfc1_per_batch: list[float]) -> rp.Claim:
         per_batch = [{n: (90.0, 0.2) for n in names} | {"diffgrad-dfc1": (m, 0.2)} for m in dfc1_per_batch]

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import optuna
 import pytest
-from test_runner import _SCRIPT, REPO, _trials
 
 from diffgrad.lab import runner
+from test_runner import _SCRIPT, REPO, _trials
 
 GRACE_PERIOD = 2  # seconds; the heartbeat comes every second
 STATES = optuna.trial.TrialState

@@ -34,8 +34,8 @@ import optuna
 import pytest
 
 from diffgrad.cli import build_parser
-from diffgrad.lab.registry import OPTIMIZERS
 from diffgrad.lab import runner
+from diffgrad.lab.registry import OPTIMIZERS
 from diffgrad.lab.runner import WORKER_KEY, open_storage
 from diffgrad.lab.storage import RECORD_KEY, load_records
 from diffgrad.lab.workloads import WORKLOADS

@@ -80,27 +80,27 @@ def test_registry_lists_every_workload_with_a_sane_contract() -> None:
 
 
 def test_unknown_workload_name_lists_valid_names() -> None:
-    with pytest.raises(ValueError, match="nope.*digits-cnn.*charlm"):
+    with pytest.raises(ValueError, match=r"nope.*digits-cnn.*charlm"):
         get_workload("nope")
 
 
 def test_unknown_option_is_named_with_its_value() -> None:
-    with pytest.raises(ValueError, match="'colour'.*colour='red'.*activation"):
+    with pytest.raises(ValueError, match=r"'colour'.*colour='red'.*activation"):
         get_workload("digits-cnn", colour="red")
 
 
 @pytest.mark.parametrize("name", ["digits-cnn", "mnist1d-mlp", "charlm"])
 def test_bad_activation_is_named(name: str) -> None:
-    with pytest.raises(ValueError, match="activation.*'tanh'"):
+    with pytest.raises(ValueError, match=r"activation.*'tanh'"):
         get_workload(name, activation="tanh")
 
 
 def test_cifar_options_are_checked(cifar_dirs: dict[str, Path]) -> None:
     with pytest.raises(ValueError, match="data_dir"):
         get_workload("cifar10-resnet")
-    with pytest.raises(ValueError, match="depth.*101"):
+    with pytest.raises(ValueError, match=r"depth.*101"):
         get_workload("cifar10-resnet", data_dir=cifar_dirs["cifar10"], depth=101)
-    with pytest.raises(ValueError, match="width.*0"):
+    with pytest.raises(ValueError, match=r"width.*0"):
         get_workload("cifar10-resnet", data_dir=cifar_dirs["cifar10"], width=0)
 
 
@@ -109,7 +109,7 @@ def test_activations() -> None:
     leaky = make_activation("leaky_relu")
     assert isinstance(leaky, nn.LeakyReLU) and leaky.negative_slope == 0.1
     assert make_activation("relu") is not make_activation("relu")  # fresh modules, never shared
-    with pytest.raises(ValueError, match="relu.*leaky_relu.*elu.*selu.*'gelu'"):
+    with pytest.raises(ValueError, match=r"relu.*leaky_relu.*elu.*selu.*'gelu'"):
         make_activation("gelu")
 
 
@@ -254,7 +254,7 @@ def test_read_cifar_reads_the_pickles_back_exactly(tmp_path: Path, kind: str) ->
         with open(folder / name, "rb") as f:
             raw.append(pickle.load(f, encoding="bytes"))
     images = np.concatenate([r[b"data"] for r in raw]).reshape(-1, 3, 32, 32)
-    labels = sum((r[layout.label_key] for r in raw), [])
+    labels = [label for r in raw for label in r[layout.label_key]]
     assert torch.equal(data["train"][0], torch.from_numpy(images))
     assert data["train"][1].tolist() == labels
     assert data["train"][0].dtype == torch.uint8 and data["test"][0].shape == (7, 3, 32, 32)
@@ -293,14 +293,14 @@ def test_random_crop_flip_draws_valid_offsets_per_image() -> None:
     out = random_crop_flip(x, torch.Generator().manual_seed(0))
     assert out.shape == x.shape
     assert torch.equal(out, random_crop_flip(x, torch.Generator().manual_seed(0)))
-    options = [(t, l, f) for t in range(2 * PAD + 1) for l in range(2 * PAD + 1) for f in (False, True)]
+    options = [(t, left, f) for t in range(2 * PAD + 1) for left in range(2 * PAD + 1) for f in (False, True)]
     found = set()
     for i in range(len(x)):
         image = x[i : i + 1]
         matches = [
-            (t, l, f)
-            for t, l, f in options
-            if torch.equal(out[i], crop_flip(image, torch.tensor([t]), torch.tensor([l]), torch.tensor([f]))[0])
+            (t, left, f)
+            for t, left, f in options
+            if torch.equal(out[i], crop_flip(image, torch.tensor([t]), torch.tensor([left]), torch.tensor([f]))[0])
         ]
         assert len(matches) == 1
         found.add(matches[0])
@@ -418,7 +418,7 @@ def test_a_cifar_pickle_that_would_run_code_is_refused(tmp_path: Path, kind: str
     with pytest.raises(ValueError, match=re.escape(f"{crafted}: refusing to load io.open")) as info:
         read_cifar(folder, kind)
     assert not marker.exists()
-    with pytest.raises(ValueError, match="refusing to load io.open"):  # at construction, not mid-run
+    with pytest.raises(ValueError, match=r"refusing to load io.open"):  # at construction, not mid-run
         get_workload(f"{kind}-resnet", data_dir=folder)
     assert not marker.exists() and "only dicts, lists, bytes, numbers and numpy arrays" in str(info.value)
 

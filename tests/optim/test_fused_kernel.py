@@ -137,7 +137,7 @@ def test_matches_eager_step_on_every_state_key(option_set: str, state_dtype: obj
 def test_matches_reference_in_float64(option_set: str) -> None:
     options = ALL_SETS[option_set]
     hyper = _hyper(options)
-    params = _params(torch.float64)[1:] + [torch.randn(3, 4, dtype=torch.float64)]
+    params = [*_params(torch.float64)[1:], torch.randn(3, 4, dtype=torch.float64)]
     state = _state(params, hyper, None)
     reference = [(p.flatten().tolist(), RefState()) for p in params]
     for step in range(12):
@@ -270,7 +270,7 @@ def test_other_parameter_dtypes_and_layouts(dtype: torch.dtype, state_dtype: obj
         torch.randn((), generator=g, dtype=dtype),
     ]
     state = _state(params, hyper, state_dtype)
-    for step in range(3):
+    for _ in range(3):
         grads = [torch.randn(p.shape, generator=g, dtype=dtype) for p in params]
         grads[0] = grads[0].t().contiguous().t() if grads[0].dim() == 2 else grads[0]  # another layout than θ
         expected_params, expected_state = copy.deepcopy((params, state))

@@ -12,7 +12,6 @@ import torch
 from diffgrad import DiffGrad
 from diffgrad.optim import functional
 from optim_info import HP, PATHS
-from reference import RefState, reference_kwargs, reference_step
 
 ALL_OPTIONS = {"weight_decay": 0.05, "amsgrad": True, "maximize": True}
 

@@ -339,7 +339,10 @@ def _check_against_reference(case: Case, path: str) -> None:
             assert p.shape == case.specs[i].shape
             actual_theta = p.detach().flatten()
             torch.testing.assert_close(
-                actual_theta, torch.tensor(theta, dtype=torch.float64), **tol, msg=lambda m: f"{where}: param\n{m}"
+                actual_theta,
+                torch.tensor(theta, dtype=torch.float64),
+                **tol,
+                msg=lambda m: f"{where}: param\n{m}",  # noqa: B023 (called at once)
             )
             state = opt.state.get(p, {})
             expected = _expected_state(st_, case.options)
@@ -348,7 +351,7 @@ def _check_against_reference(case: Case, path: str) -> None:
                 actual = state[key].flatten()
                 assert actual.dtype == (torch.float32 if key == "step" else torch.float64), (where, key)
                 want = torch.as_tensor(value, dtype=actual.dtype).flatten()
-                torch.testing.assert_close(actual, want, **tol, msg=lambda m, key=key: f"{where}: {key}\n{m}")
+                torch.testing.assert_close(actual, want, **tol, msg=lambda m, key=key: f"{where}: {key}\n{m}")  # noqa: B023 (called at once)
 
     _run(case, path, after_step)
 

@@ -138,7 +138,7 @@ def test_tensor_lr_and_per_group_options_match_reference() -> None:
     ref = {"a": (a.detach().tolist(), RefState()), "b": (b.detach().tolist(), RefState())}
     g = torch.Generator().manual_seed(3)
     for _ in range(30):
-        for name, p in (("a", a), ("b", b)):
+        for p in (a, b):
             p.grad = torch.randn(6, generator=g, dtype=torch.float64)
         opt.step()
         ref["a"] = (

@@ -152,7 +152,7 @@ def markdown_to_html(text: str) -> str:
             start = i
             while i < len(lines) and lines[i].strip().startswith("|"):
                 i += 1
-            blocks.append(_table_html([l.strip() for l in lines[start:i]]))
+            blocks.append(_table_html([line.strip() for line in lines[start:i]]))
         elif stripped.startswith("- "):
             flush()
             items = []

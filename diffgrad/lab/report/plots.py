@@ -250,7 +250,7 @@ def plot_learning_curves(
             hline=target,
             hline_label="target" if target is not None else "",
         ),
-        Panel(loss_lines, "steps", "training loss", logy=_wants_log(l.y for l in loss_lines), legend=False),
+        Panel(loss_lines, "steps", "training loss", logy=_wants_log(line.y for line in loss_lines), legend=False),
     ]
     return plot_panels(panels, path, title=title)
 
@@ -414,7 +414,7 @@ def plot_trajectories(
         if p.diverged_at is not None and len(p.losses)
     ]
     losses = [Line(p.label, np.arange(len(p.losses)), p.losses, color=colors[p.name]) for p in paths]
-    log = _wants_log(l.y for l in losses)
+    log = _wants_log(line.y for line in losses)
     loss_panel = Panel([*losses, *ends], "iteration", "loss", logy=log, ylim=_loss_limits(paths, log), legend=False)
     title = f"{fn_name}: optimizer trajectories"
     if dim == 1:

@@ -21,8 +21,8 @@ from .document import Image, Section, format_table
 from .stats import (
     MeanCI,
     aggregate_curves,
-    lr_sensitivity,
     divergence_index,
+    lr_sensitivity,
     mean_ci,
     performance_profile,
     regret_profile,

@@ -34,7 +34,7 @@ def fixed_split(n: int, sizes: Sequence[int], seed: int = 0) -> list[Tensor]:
         raise ValueError(f"split sizes {tuple(sizes)} need {sum(sizes)} items, only {n} exist")
     perm = torch.randperm(n, generator=seeded_generator(seed))
     bounds = [0, *itertools.accumulate(sizes)]
-    return [perm[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    return [perm[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 def epochs_to_steps(epochs: int, train_size: int, batch_size: int) -> int:
