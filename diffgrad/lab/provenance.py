@@ -15,7 +15,7 @@ import platform
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 GIT_TIMEOUT = 5.0  # seconds per git call; a slow or hung git must not hold up training
 
@@ -51,6 +51,14 @@ class Provenance:
             f"{self.code()}, Python {self.python_version}, {self.device} ({self.device_model}), "
             f"{self.threads} thread{'s' if self.threads != 1 else ''}"
         )
+
+    @overload
+    @classmethod
+    def from_attr(cls, attr: dict[str, Any]) -> Provenance: ...
+
+    @overload
+    @classmethod
+    def from_attr(cls, attr: None) -> None: ...
 
     @classmethod
     def from_attr(cls, attr: dict[str, Any] | None) -> Provenance | None:

@@ -27,7 +27,7 @@ import importlib.util
 import inspect
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import torch
 from torch.optim import Optimizer
@@ -150,6 +150,12 @@ class PublishedDiffGrad(DiffGrad):
         foreach: bool | None = None,
     ) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, maximize=maximize, foreach=foreach)
+
+    @overload
+    def step(self, closure: None = None) -> None: ...
+
+    @overload
+    def step(self, closure: Callable[[], float]) -> float: ...
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:

@@ -463,13 +463,13 @@ def one_d_section(plot_dir: Path, storage: Any) -> tuple[list[Section], list[Cla
     final = {(r[0], r[1]): float(r[2]) for r in rows}
     osc = {(r[0], r[1]): float(r[5]) for r in rows}
 
-    def at(fn: str, opt: str, where: float) -> bool:
+    def ends_at(fn: str, opt: str, where: float) -> bool:
         return abs(final[(fn, opt)] - where) < 0.01
 
     claims = []
     for fn in ("F1", "F2"):
         glob, local = FUNCTIONS[fn].minima[0][0], FUNCTIONS[fn].minima[1][0]
-        held = at(fn, "diffgrad", glob) and not at(fn, "adam", glob)
+        held = ends_at(fn, "diffgrad", glob) and not ends_at(fn, "adam", glob)
         claims.append(
             Claim(
                 f"{fn}: diffGrad reaches the global minimum ({glob:g}) where Adam overshoots into a local one",
@@ -477,7 +477,7 @@ def one_d_section(plot_dir: Path, storage: Any) -> tuple[list[Section], list[Cla
                 f"final θ: diffGrad {final[(fn, 'diffgrad')]:.4f}, Adam {final[(fn, 'adam')]:.4f} (local minimum {local:g})",
             )
         )
-    both = at("F3", "diffgrad", 0.0) and at("F3", "adam", 0.0)
+    both = ends_at("F3", "diffgrad", 0.0) and ends_at("F3", "adam", 0.0)
     calmer = osc[("F3", "diffgrad")] < osc[("F3", "adam")]
     claims.append(
         Claim(

@@ -52,7 +52,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from diffgrad.lab.provenance import Provenance, current_provenance
 from diffgrad.lab.registry import LogUniform, get_optimizer_spec
@@ -330,6 +330,7 @@ def open_storage(
             with warnings.catch_warnings():
                 # Heartbeats and retries are marked experimental, but are what resuming relies on.
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                retry: dict[str, Any]
                 if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback"):  # Optuna >= 4.9
                     retry = {
                         "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry)
@@ -575,7 +576,7 @@ def run_studies(
                 ", ".join(p.name for p, _, _ in pending),
                 storage.grace_period,
             )
-            time.sleep(storage.heartbeat_interval)
+            time.sleep(cast(int, storage.heartbeat_interval))  # open_storage always sets one
     finally:
         bar.close()
 
@@ -699,7 +700,7 @@ def _selection(plan: StudyPlan, trials: Sequence[optuna.trial.FrozenTrial]) -> t
         return {}, None
     tuned = [t for t in trials if _phase(t) == TUNE and t.state == optuna.trial.TrialState.COMPLETE]
     sign = 1.0 if plan.workload.higher_is_better else -1.0
-    best = max(tuned, key=lambda t: (sign * t.value, -t.number))  # diverged runs hold ±inf, never NaN
+    best = max(tuned, key=lambda t: (sign * cast(float, t.value), -t.number))  # diverged runs hold ±inf, never NaN
     return dict(best.params), best.number
 
 

@@ -17,7 +17,7 @@ from diffgrad.lab.workloads.analytic import FUNCTIONS, trajectory
 PREFIX = "trajectory/"
 # Settings shared by every optimizer in a comparison: the paper's lr and length for its 1-D
 # functions (Sec. V), a smaller lr and more steps for the 2-D ones.
-STANDARD = {
+STANDARD: dict[str, dict[str, Any]] = {
     **{name: {"steps": 300, "lr": 0.1} for name in ("F1", "F2", "F3")},
     **{name: {"steps": 500, "lr": 0.05} for name in ("rosenbrock", "beale", "rastrigin")},
 }

@@ -19,6 +19,7 @@ Note that the paper's stated range [0.5, 1] for DFC3–5 does not hold: ξ < 0.5
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -50,6 +51,7 @@ class Friction:
     def stat_slope(self, nu: Tensor) -> Tensor:
         """The slope ν^p of DFC3–5 (exact for the paper's p = 1, 2, ½)."""
         p = self.stat_power
+        assert p is not None, "only the frictions with stats (DFC3–5) have a slope ν^p"
         return nu if p == 1.0 else nu.square() if p == 2.0 else nu.sqrt() if p == 0.5 else nu.pow(p)
 
 
@@ -87,7 +89,9 @@ def abs_grad_stats(grad: Tensor) -> tuple[Tensor, Tensor]:
     return mu, nu
 
 
-def friction_(friction: Friction, deltas: list[Tensor], grads: list[Tensor]) -> list[Tensor]:
+def friction_(
+    friction: Friction, deltas: list[Tensor] | tuple[Tensor, ...], grads: Sequence[Tensor]
+) -> list[Tensor] | tuple[Tensor, ...]:
     """ξ_t for each tensor (Eq. 18–19, Table II), computed in place in the tensors of Δg_t =
     g_{t−1} − g_t (``deltas``), which are returned; ``grads`` (g_t) give DFC3–5 their μ, ν."""
     if friction.absolute:

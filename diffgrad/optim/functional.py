@@ -29,7 +29,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import Tensor
@@ -72,14 +72,15 @@ class _State(NamedTuple):
     exp_grad_norms: list[Tensor]
 
     def subset(self, indices: list[int]) -> _State:
-        return _State(*([values[i] for i in indices] if values else [] for values in self))
+        return _State(*cast("Iterator[Any]", ([values[i] for i in indices] if values else [] for values in self)))
 
 
 # Which lists a step updates and must write back after unpacking (the gradients are only read),
 # and which hold second moments (stored as sqrt(v) when 8-bit).
-_WRITTEN = _State(True, False, True, True, True, True, False, True, False)
-_SQRT_DOMAIN = _State(False, False, False, True, False, True, False, False, False)
-_UNPACKED = _State(True, True, True, True, True, True, False, True, False)
+# One flag per field of _State, in its order.
+_WRITTEN = (True, False, True, True, True, True, False, True, False)
+_SQRT_DOMAIN = (False, False, False, True, False, True, False, False, False)
+_UNPACKED = (True, True, True, True, True, True, False, True, False)
 
 
 def diffgrad(
@@ -138,8 +139,8 @@ def diffgrad(
         previous_grads,
         max_exp_avg_sqs if amsgrad else [],
         state_steps,
-        previous_params if modifiers.adainject else [],
-        exp_grad_norms if modifiers.adanorm else [],
+        (previous_params or []) if modifiers.adainject else [],
+        (exp_grad_norms or []) if modifiers.adanorm else [],
     )
     hyper = dict(
         lr=_get_value(lr),
@@ -255,10 +256,12 @@ def _multi_tensor_diffgrad(
     friction: Friction,
     modifiers: Modifiers,
 ) -> None:
-    grouped = Optimizer._group_tensors_by_device_and_dtype(
+    tensor_lists = cast(
+        "list[list[Tensor | None]]",
         [params, grads, exp_avgs, exp_avg_sqs, previous_grads, max_exp_avg_sqs, state_steps, previous_params,
-         exp_grad_norms]
+         exp_grad_norms],
     )  # fmt: skip
+    grouped = Optimizer._group_tensors_by_device_and_dtype(tensor_lists)
     for (
         device_params,
         device_grads,
@@ -269,7 +272,7 @@ def _multi_tensor_diffgrad(
         device_state_steps,
         device_previous_params,
         device_exp_grad_norms,
-    ), _ in grouped.values():
+    ), _ in cast("dict[Any, tuple[list[list[Tensor]], Any]]", grouped).values():
         torch._foreach_add_(device_state_steps, 1)
         steps = [_step_value(step_t) for step_t in device_state_steps]
 
@@ -325,7 +328,7 @@ def _step_value(step_t: Tensor) -> float | Tensor:
     return step_t.to(torch.float64) if torch.compiler.is_compiling() else step_t.item()
 
 
-def _foreach_copy_(targets: list[Tensor], sources: list[Tensor]) -> None:
+def _foreach_copy_(targets: list[Tensor], sources: list[Tensor] | tuple[Tensor, ...]) -> None:
     # DTensor (FSDP2) has no sharding rule for aten._foreach_copy_ (torch 2.13): copy one by one.
     if any(is_traceable_wrapper_subclass(t) for t in targets):
         for target, source in zip(targets, sources):
@@ -365,12 +368,18 @@ def _batches(state: _State) -> Iterator[list[int]]:
 def _unpacked(state: _State) -> Iterator[_State]:
     """``state`` as plain real tensors in the compute dtype; on exit, the updated values are
     packed back into the buffers that were decoded or converted."""
+    fields = cast("tuple[list[Any], ...]", state)
     lists = [
         [unpack(t, p, sqrt_domain=sqrt_domain) for t, p in zip(values, state.params)] if unpacked else None
-        for values, unpacked, sqrt_domain in zip(state, _UNPACKED, _SQRT_DOMAIN)
+        for values, unpacked, sqrt_domain in zip(fields, _UNPACKED, _SQRT_DOMAIN)
     ]
-    yield _State(*(values if pairs is None else [t for t, _ in pairs] for values, pairs in zip(state, lists)))
-    for values, pairs, written, sqrt_domain in zip(state, lists, _WRITTEN, _SQRT_DOMAIN):
+    yield _State(
+        *cast(
+            "Iterator[Any]",
+            (values if pairs is None else [t for t, _ in pairs] for values, pairs in zip(fields, lists)),
+        )
+    )
+    for values, pairs, written, sqrt_domain in zip(fields, lists, _WRITTEN, _SQRT_DOMAIN):
         if written and pairs is not None:
             for target, (value, must_pack) in zip(values, pairs):
                 if must_pack:
@@ -427,4 +436,4 @@ def _fused_diffgrad(state: _State, grad_scale: Tensor | None, maximize: bool, hy
 
 def _local(t: Any) -> Any:
     """A DTensor's local shard (the same storage: in-place updates reach the DTensor)."""
-    return t.to_local() if is_traceable_wrapper_subclass(t) else t
+    return cast(Any, t).to_local() if is_traceable_wrapper_subclass(t) else t

@@ -25,7 +25,7 @@ import shutil
 import subprocess
 import tempfile
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -140,9 +140,8 @@ def library() -> ctypes.CDLL:
     runtime = _openmp_runtime()
     link = [str(runtime), f"-Wl,-rpath,{runtime.parent}"] if runtime.exists() else []
     source = _SOURCE.read_bytes()
-    key = hashlib.sha256(
-        b"\0".join(x.encode() if isinstance(x, str) else x for x in (source, version, *_FLAGS, *link, _cpu_signature()))
-    ).hexdigest()[:20]
+    parts: tuple[str | bytes, ...] = (source, version, *_FLAGS, *link, _cpu_signature())
+    key = hashlib.sha256(b"\0".join(x.encode() if isinstance(x, str) else x for x in parts)).hexdigest()[:20]
     folder = _cache_dir() / key
     target = folder / "fused_step.so"
     if not target.exists():
@@ -298,7 +297,9 @@ class _Plan:
     """The kernel's descriptions of the parameters it updates in place (``direct``, by index),
     the indices it cannot (``staged``), and the parameters' addresses when the plan was made."""
 
-    def __init__(self, params: list[Tensor], state: list[list[StateBuffer | None]], steps: list[Tensor]) -> None:
+    def __init__(
+        self, params: list[Tensor], state: Sequence[Sequence[StateBuffer | None]], steps: list[Tensor]
+    ) -> None:
         self.direct: list[int] = []
         self.staged: list[int] = []
         descs: list[_Tensor] = []
@@ -320,7 +321,7 @@ class _Plan:
 _PLANS: dict[tuple[int, ...], _Plan] = {}
 
 
-def _plan(params: list[Tensor], state: list[list[StateBuffer | None]], steps: list[Tensor]) -> _Plan:
+def _plan(params: list[Tensor], state: Sequence[Sequence[StateBuffer | None]], steps: list[Tensor]) -> _Plan:
     """The cached plan for these tensors: keyed by their identities, and dropped as soon as any
     of them is freed (so that an identity cannot be reused while the plan holds its address).
     State buffers do not move; a parameter whose storage was replaced is noticed by address."""
@@ -445,7 +446,7 @@ def fused_diffgrad_cpu(
     if found_inf is not None and found_inf.item() != 0.0:
         return
     grad_factor = (-1.0 if maximize else 1.0) / (1.0 if grad_scale is None else grad_scale.item())
-    state = [
+    state: list[Sequence[StateBuffer | None]] = [
         exp_avgs,
         exp_avg_sqs,
         previous_grads,
@@ -488,7 +489,7 @@ def _run_plan(plan: _Plan, hyper: _Hyper, grads: list[Tensor]) -> bool:
     gradient is not laid out as its parameter (those steps then go tensor by tensor)."""
     if not plan.direct:
         return True
-    grad_ptrs = []
+    grad_ptrs: list[ctypes.c_void_p | int | None] = []
     for i, dtype in zip(plan.direct, plan.grad_dtypes):
         g = grads[i]
         if g.dtype != dtype or not g.is_contiguous():

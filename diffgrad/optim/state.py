@@ -31,7 +31,7 @@ more buffer of the same size): float32 12, bfloat16 6, 8-bit 3 Ã— (1 + 4/256) â‰
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, cast, overload
 
 import torch
 from torch import Tensor
@@ -98,6 +98,14 @@ def real_numel(param: Tensor) -> int:
     return param.numel() * (2 if param.is_complex() else 1)
 
 
+@overload
+def new_buffer(param: Tensor, state_dtype: None) -> Tensor: ...
+
+
+@overload
+def new_buffer(param: Tensor, state_dtype: torch.dtype | str | None) -> StateBuffer: ...
+
+
 def new_buffer(param: Tensor, state_dtype: torch.dtype | str | None) -> StateBuffer:
     """A zero state buffer for ``param`` in the format that ``state_dtype`` asks for."""
     n = real_numel(param)
@@ -107,7 +115,7 @@ def new_buffer(param: Tensor, state_dtype: torch.dtype | str | None) -> StateBuf
             torch.zeros(n, dtype=torch.uint8, device=param.device),
             torch.zeros(n // BLOCK, dtype=torch.float32, device=param.device),
         )
-    dtype = compute_dtype(param) if state_dtype in (None, QUANTIZED) else state_dtype
+    dtype = compute_dtype(param) if state_dtype in (None, QUANTIZED) else cast(torch.dtype, state_dtype)
     if param.is_complex() and dtype == param.real.dtype:
         # Complex state for a complex parameter, as torch.optim keeps it.
         return torch.zeros_like(param, memory_format=torch.preserve_format)

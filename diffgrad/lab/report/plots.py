@@ -272,7 +272,7 @@ def plot_performance_profiles(
 
     ``colors`` and ``styles`` map each solver name to its colour and line style.
     """
-    panels = []
+    panels: list[Panel] = []
     for profile, xlabel in profiles:
         is_ratio = profile.baseline == 1.0
         # Extend the axis past the largest finite value so the last step is visible, ratios at
@@ -434,9 +434,9 @@ def plot_trajectories(
             panels.append(Panel(on_fn, "θ", fn_name, xlim=view, ylim=fn_view, legend=False))
         return plot_panels(panels, path, title=title)
     fig, (ax_path, ax_loss) = _figure(2, title)
-    lo, hi = _view_box(paths, domain, 0.2)
+    lower, upper = _view_box(paths, domain, 0.2)
     if fn is not None:
-        gx, gy = np.meshgrid(*(np.linspace(lo[i], hi[i], 160) for i in range(2)))
+        gx, gy = np.meshgrid(*(np.linspace(lower[i], upper[i], 160) for i in range(2)))
         z = _evaluate(fn, np.stack([gx, gy], axis=-1))
         finite_z = z[np.isfinite(z)]
         if finite_z.size:
@@ -451,8 +451,8 @@ def plot_trajectories(
     start = next((p.xs[0] for p in paths if len(p.xs)), None)
     if start is not None:
         ax_path.plot(start[0], start[1], color="black", marker="o", label="start")
-    ax_path.set_xlim(lo[0], hi[0])
-    ax_path.set_ylim(lo[1], hi[1])
+    ax_path.set_xlim(lower[0], upper[0])
+    ax_path.set_ylim(lower[1], upper[1])
     ax_path.set_xlabel("θ₁")
     ax_path.set_ylabel("θ₂")
     ax_path.legend(fontsize=8)

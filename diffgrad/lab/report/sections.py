@@ -14,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..storage import RunRecord, StudyInfo, load_artifacts, load_records, load_study_infos, redact_url
 from . import plots
@@ -109,15 +110,16 @@ class Results:
         groups: dict[tuple[str, str], list[Cell]] = defaultdict(list)
         for study in sorted(by_study):
             recs = sorted(by_study[study], key=lambda r: r.trial_number)
-            info = infos.get(study)
-            first = recs[0] if recs else None
+            study_info = infos.get(study)
+            # A study without an info has runs (it is in by_study because of them).
+            named: StudyInfo | RunRecord = study_info if study_info else recs[0]
             cell = Cell(
                 study=study,
-                workload=info.workload if info else first.workload,
-                optimizer=info.optimizer if info else first.optimizer,
-                protocol=info.protocol if info else first.protocol,
-                tag=info.tag if info else first.tag,
-                info=info,
+                workload=named.workload,
+                optimizer=named.optimizer,
+                protocol=named.protocol,
+                tag=named.tag,
+                info=study_info,
                 final=tuple(r for r in recs if r.phase == FINAL),
                 tune=tuple(r for r in recs if r.phase == TUNE),
             )
@@ -198,9 +200,10 @@ def source(study: str, records: Sequence[RunRecord]) -> str:
     """``study #trials`` with runs of consecutive trial numbers shortened to ranges."""
     numbers = sorted({r.trial_number for r in records})
     spans: list[str] = []
-    start = prev = None
+    start: int | None = None
+    prev: int | None = None
     for n in [*numbers, None]:
-        if start is not None and (n is None or n != prev + 1):
+        if start is not None and (n is None or prev is None or n != prev + 1):
             spans.append(str(start) if start == prev else f"{start}–{prev}")
             start = None
         if n is not None and start is None:
@@ -258,7 +261,7 @@ def _problem_header(problem: Problem) -> str:
     return text
 
 
-def _style(cell: Cell, colors: dict[str, str]) -> dict[str, str]:
+def _style(cell: Cell, colors: dict[str, str]) -> dict[str, Any]:
     return {"color": colors[cell.optimizer], "linestyle": plots.protocol_linestyle(cell.protocol)}
 
 
@@ -385,7 +388,8 @@ def learning_curve_sections(results: Results, plot_dir: str | Path) -> list[Sect
     ]
     colors = results.colors()
     for problem in problems:
-        metric_lines, loss_lines = [], []
+        metric_lines: list[plots.Line] = []
+        loss_lines: list[plots.Line] = []
         for c in problem.finished:
             n_diverged = sum(diverged(r) for r in c.final)
             label = f"{c.label}, {n_diverged}/{len(c.final)} diverged" if n_diverged else c.label
@@ -542,7 +546,7 @@ def performance_profile_sections(results: Results, plot_dir: str | Path) -> list
     scored = [p for p in problems if p.info is not None]
     regret = regret_profile(
         {p.name: {c.label: _final_scores(c)[1].mean for c in p.finished} for p in scored},
-        {p.name: p.info.higher_is_better for p in scored},
+        {p.name: p.info.higher_is_better for p in scored if p.info is not None},
     )
     cells = {c.label: c for c in results.cells}
     colors = results.colors()

@@ -115,7 +115,7 @@ def trajectory(
 
     xs = [x.detach().clone()]
     for _ in range(steps):
-        optimizer.step(closure)
+        optimizer.step(closure)  # type: ignore[arg-type]  # torch types the closure as returning a float, not the loss tensor
         xs.append(x.detach().clone())
     path = torch.stack(xs)
     with torch.no_grad():
