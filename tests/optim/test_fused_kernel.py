@@ -4,9 +4,12 @@ bit, and its handling of layouts, dtypes, AMP and the build."""
 
 from __future__ import annotations
 
+import ast
 import copy
 import ctypes
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -297,10 +300,19 @@ def test_lr_as_a_tensor() -> None:
 
 
 def test_one_openmp_runtime_in_the_process() -> None:
-    fused.library()
-    maps = Path("/proc/self/maps").read_text().splitlines()
-    runtimes = {line.split()[-1] for line in maps if "libgomp" in line}
-    assert len(runtimes) == 1, runtimes
+    """The kernel uses torch's OpenMP runtime: loading it maps no other libgomp. (In a new
+    process: other libraries, scikit-learn's among them, bring runtimes of their own.)"""
+    script = (
+        "import pathlib, torch\n"
+        "from diffgrad.optim import fused\n"
+        "fused.library()\n"
+        "maps = pathlib.Path('/proc/self/maps').read_text().splitlines()\n"
+        "print(sorted({line.split()[-1] for line in maps if 'libgomp' in line}))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    runtimes = ast.literal_eval(result.stdout.strip().splitlines()[-1])
+    assert len(runtimes) == 1 and runtimes[0].endswith("torch/lib/libgomp.so.1"), runtimes
 
 
 def test_build_is_cached_per_machine_and_reports_a_missing_compiler(tmp_path, monkeypatch) -> None:
