@@ -10,7 +10,6 @@ import ctypes
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
