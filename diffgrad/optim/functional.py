@@ -411,6 +411,9 @@ def _kernel_available() -> bool:
     return True
 
 
+# Dynamo cannot trace the kernel's ctypes call: inside torch.compile the call runs as it is, at one
+# graph break, instead of Dynamo trying (and breaking at) each line that prepares it.
+@torch.compiler.disable
 def _fused_diffgrad(state: _State, grad_scale: Tensor | None, maximize: bool, hyper: dict[str, Any]) -> None:
     """The single-pass kernel (CPU). A DTensor (FSDP2) parameter's element-wise step needs only
     its local shard; one whose step takes whole-tensor statistics (DFC3–5, AdaNorm, cautious)
