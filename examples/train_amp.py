@@ -74,7 +74,8 @@ class Run:
         )
 
     def load(self, path: Path) -> None:
-        checkpoint = torch.load(path, map_location=self.device)
+        # weights_only: a checkpoint file can only give back tensors and plain data, never run code.
+        checkpoint = torch.load(path, map_location=self.device, weights_only=True)
         self.step = checkpoint["step"]
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
