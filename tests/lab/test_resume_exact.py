@@ -5,15 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import optuna
 import pytest
 
 from diffgrad.lab import runner
-from test_runner import _SCRIPT, REPO, _trials
+from test_runner import REPO, _trials, tiny_compare_command
 
 GRACE_PERIOD = 2  # seconds; the heartbeat comes every second
 STATES = optuna.trial.TrialState
@@ -21,34 +19,7 @@ STATES = optuna.trial.TrialState
 
 def _command(url: str) -> list[str]:
     # Budget 4 samples two trials at random and two with TPE, so both kinds of draw are resumed.
-    return [
-        sys.executable,
-        "-c",
-        _SCRIPT.format(tests=str(Path(__file__).parent)),
-        "compare",
-        "--workload",
-        "tiny",
-        "--option",
-        "delay=0.02",
-        "--optimizers",
-        "adam",
-        "--protocol",
-        "tuned",
-        "--budget",
-        "4",
-        "--seeds",
-        "2",
-        "--storage",
-        url,
-        "--no-report",
-        "--quiet",
-        "--threads",
-        "1",
-        "--heartbeat-interval",
-        "1",
-        "--grace-period",
-        str(GRACE_PERIOD),
-    ]
+    return tiny_compare_command(url, budget=4, grace_period=GRACE_PERIOD, extra=("--threads", "1"))
 
 
 def _outcome(url: str) -> tuple[list, list]:

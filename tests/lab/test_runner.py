@@ -312,35 +312,21 @@ def _trials(storage: optuna.storages.RDBStorage) -> dict[str, list[optuna.trial.
     }
 
 
+def tiny_compare_command(url: str, *, budget: int, grace_period: int, extra: tuple[str, ...] = ()) -> list[str]:
+    """A ``diffgrad compare`` of Adam on the tiny workload (tuned, 2 seeds) in a new process, with
+    heartbeats every second and the given grace period, storing in ``url``."""
+    return [
+        sys.executable, "-c", _SCRIPT.format(tests=str(Path(__file__).parent)),
+        "compare", "--workload", "tiny", "--option", "delay=0.02", "--optimizers", "adam",
+        "--protocol", "tuned", "--budget", str(budget), "--seeds", "2", "--storage", url,
+        "--no-report", "--quiet", *extra, "--heartbeat-interval", "1", "--grace-period", str(grace_period),
+    ]  # fmt: skip
+
+
 @pytest.mark.slow
 def test_killed_compare_resumes_retries_the_dead_trial_and_keeps_finished_ones(tmp_path):
     url = _url(tmp_path)
-    command = [
-        sys.executable,
-        "-c",
-        _SCRIPT.format(tests=str(Path(__file__).parent)),
-        "compare",
-        "--workload",
-        "tiny",
-        "--option",
-        "delay=0.02",
-        "--optimizers",
-        "adam",
-        "--protocol",
-        "tuned",
-        "--budget",
-        "3",
-        "--seeds",
-        "2",
-        "--storage",
-        url,
-        "--no-report",
-        "--quiet",
-        "--heartbeat-interval",
-        "1",
-        "--grace-period",
-        "2",
-    ]
+    command = tiny_compare_command(url, budget=3, grace_period=2)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     storage = runner.open_storage(url)
