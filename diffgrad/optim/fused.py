@@ -34,7 +34,7 @@ from torch import Tensor
 
 from diffgrad.optim.friction import Friction, abs_grad_stats
 from diffgrad.optim.modifiers import Modifiers, adanorm_ratio_, centralized
-from diffgrad.optim.state import Blockwise8, StateBuffer
+from diffgrad.optim.state import Blockwise8, StateBuffer, compute_dtype
 
 __all__ = ["fused_diffgrad_cpu", "library"]
 
@@ -201,11 +201,6 @@ def _contiguous_copy(t: Tensor, dtype: torch.dtype) -> Tensor:
     return torch.empty(t.shape, dtype=dtype).copy_(t)
 
 
-def _compute_dtype(param: Tensor) -> torch.dtype:
-    dtype = param.real.dtype if param.is_complex() else param.dtype
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 class _Prepared(NamedTuple):
     """One parameter as the kernel sees it: a description and the arrays it updates, with what
     must be copied back into the caller's tensors afterwards."""
@@ -217,7 +212,7 @@ class _Prepared(NamedTuple):
 
 def _describe(param: Tensor, buffers: Sequence[StateBuffer | None], step: Tensor) -> _Prepared | None:
     """The kernel's view of a parameter whose tensors it can update in place, else None."""
-    compute = _compute_dtype(param)
+    compute = compute_dtype(param)
     if param.is_complex() or param.dtype not in _DIRECT_PARAM_DTYPES or not param.is_contiguous():
         return None
     formats = [_buffer_format(b, compute) for b in buffers]
@@ -239,7 +234,7 @@ def _describe(param: Tensor, buffers: Sequence[StateBuffer | None], step: Tensor
 def _staged(param: Tensor, buffers: Sequence[StateBuffer | None], step: Tensor) -> _Prepared:
     """Contiguous real copies (in the compute dtype for the parameter) of what the kernel cannot
     update in place; the pairs to copy back after the step."""
-    compute = _compute_dtype(param)
+    compute = compute_dtype(param)
     write_back: list[tuple[Tensor, Tensor]] = []
 
     def contiguous(t: Tensor, dtype: torch.dtype) -> Tensor:
@@ -269,9 +264,9 @@ def _grad_for(param: Tensor, grad: Tensor) -> Tensor:
     """The gradient as the kernel reads it: contiguous and real, in the dtype of the parameter's
     array or in the compute dtype."""
     real = _real(grad)
-    if real.is_contiguous() and real.dtype in (param.dtype, _compute_dtype(param)):
+    if real.is_contiguous() and real.dtype in (param.dtype, compute_dtype(param)):
         return real
-    return _contiguous_copy(real, _compute_dtype(param))
+    return _contiguous_copy(real, compute_dtype(param))
 
 
 def _effective_grad(
@@ -279,7 +274,7 @@ def _effective_grad(
 ) -> Tensor:
     """g_t as the step uses it, in the compute dtype, in the reference paths' order:
     grad·grad_factor, centralised, + λθ (coupled decay)."""
-    g = _real(grad).to(_compute_dtype(param))
+    g = _real(grad).to(compute_dtype(param))
     if grad_factor != 1.0:
         g = g.mul(grad_factor)
     if centralize:
