@@ -93,12 +93,13 @@ inline uint8_t float_to_e4m3(float f) {
 
 inline float e4m3_to_float(uint8_t c) {
   const uint32_t magnitude = c & 0x7fu;
-  // Normal codes: exponent rebased from 7 to 127; subnormal ones are mantissa·2^−9.
-  const uint32_t normal = (magnitude << 20) + (120u << 23);
-  const uint32_t subnormal = bit_cast<uint32_t>(static_cast<float>(magnitude & 7u) * 0.001953125f);
-  uint32_t bits = (magnitude & 0x78u) != 0 ? normal : subnormal;
-  bits = magnitude == 0x7fu ? 0x7fc00000u : bits;
-  return bit_cast<float>(bits | (static_cast<uint32_t>(c & 0x80u) << 24));
+  // The code's bits with the exponent rebased from 7 to 127: exact for normal codes; a
+  // subnormal code (exponent 0, value mantissa·2^−9) reads as 2^−7·(1 + mantissa/8) there, and
+  // 2·that − 2^−6 is its value (one fused multiply-add, exact).
+  const float rebased = bit_cast<float>((magnitude << 20) + (120u << 23));
+  float x = magnitude < 8u ? std::fma(rebased, 2.0f, -0.015625f) : rebased;
+  x = magnitude == 0x7fu ? std::numeric_limits<float>::quiet_NaN() : x;
+  return bit_cast<float>(bit_cast<uint32_t>(x) | (static_cast<uint32_t>(c & 0x80u) << 24));
 }
 
 // Decode one block of 8-bit codes (state.load): code·(absmax/448), squared for sqrt(v).
