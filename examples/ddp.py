@@ -50,6 +50,8 @@ def main() -> None:
         print(f"step {args.steps}: loss {loss.item():.4f} on rank 0")
         print(f"OK ddp: {world_size} ranks took {args.steps} identical DiffGrad steps")
     dist.barrier()  # no rank tears the process group down while another still uses it
+    # The DDP model goes before its process group: a DDP reducer destroyed after the group can hang.
+    del model, optimizer
     dist.destroy_process_group()
 
 

@@ -85,6 +85,8 @@ def main() -> None:
     if rank == 0:
         print(f"step {args.steps}: loss {loss:.4f} on rank 0")
         print(f"OK fsdp2_dcp: resumed from the step-{half} checkpoint and matched the uninterrupted run exactly")
+    # The sharded models go before their process group, which their hooks and state refer to.
+    del model, optimizer, resumed, resumed_optimizer
     dist.destroy_process_group()
 
 
