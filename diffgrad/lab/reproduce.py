@@ -841,7 +841,7 @@ def verdict_section(claims: Sequence[Claim]) -> Section:
 def _intro(scale: Scale, datasets: Sequence[PaperDataset], url: str, records: Sequence[RunRecord]) -> Section:
     lines = [
         "The experiments of Dubey et al., *diffGrad: An Optimization Method for Convolutional Neural Networks* "
-        "(IEEE TNNLS 2019), rerun with this package's DiffGrad, which keeps its own copy of the previous gradient.",
+        "(IEEE TNNLS 2020), rerun with this package's DiffGrad, which keeps its own copy of the previous gradient.",
         f"Scale: **{scale.name}**. Results database: `{redact_url(url)}` (every training run is one trial there).",
     ]
     if any(ds.standin for ds in datasets):
