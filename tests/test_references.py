@@ -140,7 +140,7 @@ TRACKED = {
         ("README.md", "See [the notes](docs/missing.md)."),
         ("README.md", "![plot](docs/images/none.png)"),
         ("docs/sweeps.md", "as in [scaling](scaling.md#ddp)"),
-        ("diffgrad/lab/runner.py", "# see PAPER.md §6"),
+        ("diffgrad/lab/runner.py", "# see HISTORY.md §6"),
         ("diffgrad/lab/runner.py", '"""Protocols (``docs/notes.md`` §7)."""'),
         ("README.md", "the kernel (`csrc/fused_step.cpp`)"),
         ("tests/test_x.py", "# CHANGELOG.md lists it"),
