@@ -143,6 +143,8 @@ def diffgrad(
         (exp_grad_norms or []) if modifiers.adanorm else [],
     )
     hyper = dict(
+        # ±1/(AMP loss scale), negative to maximise: the one factor every path applies to g_t.
+        grad_factor=(-1.0 if maximize else 1.0) / (1.0 if grad_scale is None else grad_scale.item()),
         lr=_get_value(lr),
         beta1=beta1,
         beta2=beta2,
@@ -154,19 +156,11 @@ def diffgrad(
         modifiers=modifiers,
     )
     if fused:
-        _fused_diffgrad(state, grad_scale, maximize, hyper)
+        _fused_diffgrad(state, hyper)
     elif foreach is None:
-        _default_diffgrad(state, grad_scale, maximize, hyper)
+        _default_diffgrad(state, hyper)
     else:
-        impl = _multi_tensor_diffgrad if foreach else _single_tensor_diffgrad
-        _stepped_unpacked(impl, state, _eager(hyper, grad_scale, maximize))
-
-
-def _eager(hyper: dict[str, Any], grad_scale: Tensor | None, maximize: bool) -> dict[str, Any]:
-    """The reference paths' arguments: ``hyper`` and the one factor they apply to the gradient,
-    ±1/(AMP loss scale), negative to maximise."""
-    grad_factor = (-1.0 if maximize else 1.0) / (1.0 if grad_scale is None else grad_scale.item())
-    return {**hyper, "grad_factor": grad_factor}
+        _stepped_unpacked(_multi_tensor_diffgrad if foreach else _single_tensor_diffgrad, state, hyper)
 
 
 def _single_tensor_diffgrad(
@@ -386,7 +380,7 @@ def _unpacked(state: _State) -> Iterator[_State]:
                     pack(target, value, sqrt_domain=sqrt_domain)
 
 
-def _default_diffgrad(state: _State, grad_scale: Tensor | None, maximize: bool, hyper: dict[str, Any]) -> None:
+def _default_diffgrad(state: _State, hyper: dict[str, Any]) -> None:
     """The default step: CPU tensors take the fused kernel where it can be built, else the
     per-tensor path; tensors on other devices the foreach path (one launch per operation for all
     of them). Under ``torch.compile``, which cannot trace the kernel, CPU tensors take the
@@ -394,11 +388,11 @@ def _default_diffgrad(state: _State, grad_scale: Tensor | None, maximize: bool, 
     cpu = [i for i, p in enumerate(state.params) if p.device.type == "cpu"]
     other = [i for i, p in enumerate(state.params) if p.device.type != "cpu"]
     if cpu and not torch.compiler.is_compiling() and _kernel_available():
-        _fused_diffgrad(state.subset(cpu), grad_scale, maximize, hyper)
+        _fused_diffgrad(state.subset(cpu), hyper)
     elif cpu:
-        _stepped_unpacked(_single_tensor_diffgrad, state.subset(cpu), _eager(hyper, grad_scale, maximize))
+        _stepped_unpacked(_single_tensor_diffgrad, state.subset(cpu), hyper)
     if other:
-        _stepped_unpacked(_multi_tensor_diffgrad, state.subset(other), _eager(hyper, grad_scale, maximize))
+        _stepped_unpacked(_multi_tensor_diffgrad, state.subset(other), hyper)
 
 
 @functools.cache
@@ -414,13 +408,13 @@ def _kernel_available() -> bool:
 # Dynamo cannot trace the kernel's ctypes call: inside torch.compile the call runs as it is, at one
 # graph break, instead of Dynamo trying (and breaking at) each line that prepares it.
 @torch.compiler.disable
-def _fused_diffgrad(state: _State, grad_scale: Tensor | None, maximize: bool, hyper: dict[str, Any]) -> None:
+def _fused_diffgrad(state: _State, hyper: dict[str, Any]) -> None:
     """The single-pass kernel (CPU). A DTensor (FSDP2) parameter's element-wise step needs only
     its local shard; one whose step takes whole-tensor statistics (DFC3–5, AdaNorm, cautious)
     needs collectives, which the per-tensor path's DTensor reductions provide."""
     sharded = [i for i, p in enumerate(state.params) if is_traceable_wrapper_subclass(p)]
     if sharded and (hyper["friction"].uses_stats or hyper["modifiers"].whole_tensor):
-        _stepped_unpacked(_single_tensor_diffgrad, state.subset(sharded), _eager(hyper, grad_scale, maximize))
+        _stepped_unpacked(_single_tensor_diffgrad, state.subset(sharded), hyper)
         state = state.subset([i for i in range(len(state.params)) if i not in set(sharded)])
     elif sharded:
         state = _State(*([_local(t) for t in values] for values in state))
@@ -431,10 +425,7 @@ def _fused_diffgrad(state: _State, grad_scale: Tensor | None, maximize: bool, hy
                 "(use the default foreach=None there)"
             )
     if state.params:
-        fused_kernel.fused_diffgrad_cpu(
-            *state[:7], grad_scale, None, previous_params=state.previous_params,
-            exp_grad_norms=state.exp_grad_norms, maximize=maximize, **hyper,
-        )  # fmt: skip
+        fused_kernel.fused_diffgrad_cpu(*state, **hyper)
 
 
 def _local(t: Any) -> Any:

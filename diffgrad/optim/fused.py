@@ -413,11 +413,10 @@ def fused_diffgrad_cpu(
     previous_grads: list[StateBuffer],
     max_exp_avg_sqs: list[StateBuffer],
     state_steps: list[Tensor],
-    grad_scale: Tensor | None,
-    found_inf: Tensor | None,
-    *,
     previous_params: list[Tensor],
     exp_grad_norms: list[Tensor],
+    *,
+    grad_factor: float,
     lr: float | Tensor,
     beta1: float,
     beta2: float,
@@ -425,22 +424,17 @@ def fused_diffgrad_cpu(
     weight_decay: float,
     decoupled_weight_decay: bool,
     amsgrad: bool,
-    maximize: bool,
     friction: Friction,
     modifiers: Modifiers,
 ) -> None:
     """One diffGrad step (Eq. 11–20 and the modifiers) of CPU tensors, in place, by the fused
-    kernel: the meaning of :func:`diffgrad.optim.functional.diffgrad` with ``fused=True``.
-
-    Lists as ``DiffGrad._init_group`` builds them: ``max_exp_avg_sqs`` empty without AMSGrad,
-    ``previous_params``/``exp_grad_norms`` empty unless AdaInject/AdaNorm is on. ``grads`` are
-    read, never written. When ``found_inf`` (AMP) is non-zero, nothing changes, not even ``step``.
+    kernel, with the arguments of the reference paths in :mod:`diffgrad.optim.functional`
+    (which calls it for ``fused=True`` after its checks): ``grad_factor`` is ±1/(AMP loss scale);
+    ``max_exp_avg_sqs`` is empty without AMSGrad, ``previous_params``/``exp_grad_norms`` empty
+    unless AdaInject/AdaNorm is on. ``grads`` are read, never written.
     """
     if not params:
         return
-    if found_inf is not None and found_inf.item() != 0.0:
-        return
-    grad_factor = (-1.0 if maximize else 1.0) / (1.0 if grad_scale is None else grad_scale.item())
     state: list[Sequence[StateBuffer | None]] = [
         exp_avgs,
         exp_avg_sqs,

@@ -17,7 +17,6 @@ import torch
 from diffgrad.optim import fused
 from diffgrad.optim.friction import get_friction
 from diffgrad.optim.functional import diffgrad
-from diffgrad.optim.fused import fused_diffgrad_cpu
 from diffgrad.optim.modifiers import Modifiers
 from diffgrad.optim.state import BLOCK, Blockwise8, StateBuffer, load, new_buffer, real_numel, store
 from optim_info import HP, MODIFIER_SETS, OPTION_SETS, STATE_DTYPES
@@ -74,6 +73,10 @@ def _eager(*args, **kwargs) -> None:
     diffgrad(*args, foreach=False, **kwargs)
 
 
+def _fused(*args, **kwargs) -> None:
+    diffgrad(*args, fused=True, **kwargs)
+
+
 def _decoded(buffer: StateBuffer, param: torch.Tensor, key: str) -> torch.Tensor:
     dtype = torch.float64 if param.dtype == torch.float64 else torch.float32
     values, _ = load(buffer, (0, real_numel(param)), dtype, copy=True, sqrt_domain=key in SQRT_DOMAIN)
@@ -126,7 +129,7 @@ def test_matches_eager_step_on_every_state_key(option_set: str, state_dtype: obj
         grads_before = [g.clone() for g in grads]
         expected_params, expected_state = copy.deepcopy((params, state))
         _step(_eager, expected_params, grads, expected_state, hyper)
-        _step(fused_diffgrad_cpu, params, grads, state, hyper)
+        _step(_fused, params, grads, state, hyper)
         for g, before in zip(grads, grads_before):
             assert torch.equal(g, before)  # the caller's .grad is only read
         for p, e in zip(params, expected_params):
@@ -148,7 +151,7 @@ def test_matches_reference_in_float64(option_set: str) -> None:
             theta, st = reference[i]
             kwargs = reference_kwargs(options, HP, tuple(p.shape))
             reference[i] = (reference_step(theta, g.flatten().tolist(), st, **kwargs), st)
-        _step(fused_diffgrad_cpu, params, grads, state, hyper)
+        _step(_fused, params, grads, state, hyper)
     for i, (p, (theta, st)) in enumerate(zip(params, reference)):
         expected = {"exp_avgs": st.m, "exp_avg_sqs": st.v, "previous_grads": st.g_prev}
         if hyper["amsgrad"]:
@@ -225,10 +228,10 @@ def test_found_inf_skips_everything() -> None:
     hyper = _hyper({"amsgrad": True, "adanorm": True, "adainject": True})
     params = _params()
     state = _state(params, hyper, "8bit")
-    _step(fused_diffgrad_cpu, params, _grads(params, 0), state, hyper)
+    _step(_fused, params, _grads(params, 0), state, hyper)
     before = copy.deepcopy((params, state))
     _step(
-        fused_diffgrad_cpu,
+        _fused,
         params,
         _grads(params, 1),
         state,
@@ -252,9 +255,7 @@ def test_grad_scale_unscales() -> None:
     grads = _grads(params, 0)
     _step(_eager, expected_params, grads, expected_state, hyper)
     scaled = [g * 1024.0 for g in grads]
-    _step(
-        fused_diffgrad_cpu, params, scaled, state, hyper, grad_scale=torch.tensor(1024.0), found_inf=torch.tensor(0.0)
-    )
+    _step(_fused, params, scaled, state, hyper, grad_scale=torch.tensor(1024.0), found_inf=torch.tensor(0.0))
     for p, e in zip(params, expected_params):
         torch.testing.assert_close(p, e, rtol=1e-5, atol=1e-6)
 
@@ -277,7 +278,7 @@ def test_other_parameter_dtypes_and_layouts(dtype: torch.dtype, state_dtype: obj
         grads[0] = grads[0].t().contiguous().t() if grads[0].dim() == 2 else grads[0]  # another layout than θ
         expected_params, expected_state = copy.deepcopy((params, state))
         _step(_eager, expected_params, grads, expected_state, hyper)
-        _step(fused_diffgrad_cpu, params, grads, state, hyper)
+        _step(_fused, params, grads, state, hyper)
         for p, e in zip(params, expected_params):
             assert p.dtype == e.dtype and p.stride() == e.stride()
             rtol = 1e-5 if dtype == torch.complex64 else 2.0 ** -(8 if dtype == torch.bfloat16 else 11)
@@ -293,7 +294,7 @@ def test_lr_as_a_tensor() -> None:
     expected_params, expected_state = copy.deepcopy((params, state))
     grads = _grads(params, 0)
     _step(_eager, expected_params, grads, expected_state, hyper)
-    _step(fused_diffgrad_cpu, params, grads, state, {**hyper, "lr": torch.tensor(HP["lr"])})
+    _step(_fused, params, grads, state, {**hyper, "lr": torch.tensor(HP["lr"])})
     for p, e in zip(params, expected_params):
         torch.testing.assert_close(p, e, rtol=1e-5, atol=1e-6)
 
@@ -334,10 +335,10 @@ def test_many_small_tensors_take_one_call() -> None:
     hyper = _hyper({})
     params = [torch.randn(3) for _ in range(50)]
     state = _state(params, hyper, None)
-    _step(fused_diffgrad_cpu, params, _grads(params, 0), state, hyper)
+    _step(_fused, params, _grads(params, 0), state, hyper)
     plans = len(fused._PLANS)
-    _step(fused_diffgrad_cpu, params, _grads(params, 1), state, hyper)
+    _step(_fused, params, _grads(params, 1), state, hyper)
     assert len(fused._PLANS) == plans
     state["exp_avgs"][0] = state["exp_avgs"][0].clone()
-    _step(fused_diffgrad_cpu, params, _grads(params, 2), state, hyper)
+    _step(_fused, params, _grads(params, 2), state, hyper)
     assert math.isfinite(params[0].sum().item())
