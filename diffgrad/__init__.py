@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["FRICTIONS", "DiffGrad", "Friction"]
+__all__ = ["FRICTIONS", "DiffGrad", "Friction", "record_friction"]
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from diffgrad.optim import FRICTIONS, DiffGrad, Friction
+    from diffgrad.optim import FRICTIONS, DiffGrad, Friction, record_friction
 
 
 def __getattr__(name: str) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable
 from typing import Any, overload
 
@@ -10,7 +11,7 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, ParamsT
 
-from diffgrad.optim.friction import Friction, get_friction
+from diffgrad.optim.friction import Friction, resolve_friction
 from diffgrad.optim.functional import diffgrad
 from diffgrad.optim.modifiers import WARMUPS, Modifiers
 from diffgrad.optim.state import (
@@ -55,8 +56,14 @@ class DiffGrad(Optimizer):
         amsgrad: use max(v_max, v_t) in place of v_t in the denominator (AMSGrad).
         friction: the friction coefficient: ``"dfc"`` (Eq. 19, default) or one of the paper's
             variants ``"dfc1"`` … ``"dfc5"`` (Sec. VII-B, Table II; see
-            :mod:`diffgrad.optim.friction` for the reading of μ and ν), or a
+            :mod:`diffgrad.optim.friction` for the reading of μ and ν), this project's
+            scale-free ``"dfc-rms"``, ξ_t = sigmoid(κ·|g_{t−1} − g_t|/(sqrt(v̂_t) + ε)), whose ξ
+            does not change when the loss is multiplied by a constant (docs/paper.md §10), or a
             :class:`~diffgrad.optim.friction.Friction`.
+        friction_slope: the friction's slope, replacing the variant's own: κ of ``"dfc-rms"``
+            (default :data:`~diffgrad.optim.friction.DFC_RMS_SLOPE`), the factor of Δg in
+            ``"dfc"`` (1), ``"dfc1"`` (1) and ``"dfc2"`` (0.5). ``None`` (default): the variant's.
+            DFC3–5 take their slope from ν and refuse one.
         maximize: maximise the objective (the gradient's sign is flipped first).
         foreach: ``True``: the ``torch._foreach_*`` implementation; ``False``: the per-tensor
             loop. ``None`` (default): CPU tensors take the fused kernel where a C++ compiler can
@@ -128,6 +135,7 @@ class DiffGrad(Optimizer):
         decoupled_weight_decay: bool = False,
         amsgrad: bool = False,
         friction: str | Friction = "dfc",
+        friction_slope: float | None = None,
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
@@ -150,6 +158,7 @@ class DiffGrad(Optimizer):
             decoupled_weight_decay=decoupled_weight_decay,
             amsgrad=amsgrad,
             friction=friction,
+            friction_slope=friction_slope,
             maximize=maximize,
             foreach=foreach,
             fused=fused,
@@ -336,7 +345,7 @@ class DiffGrad(Optimizer):
                 decoupled_weight_decay=group["decoupled_weight_decay"],
                 amsgrad=group["amsgrad"],
                 maximize=group["maximize"],
-                friction=_resolve_friction(group["friction"]),
+                friction=resolve_friction(group["friction"], group["friction_slope"]),
                 modifiers=_modifiers(group),
             )
         return loss
@@ -344,10 +353,6 @@ class DiffGrad(Optimizer):
 
 def _modifiers(group: dict[str, Any]) -> Modifiers:
     return Modifiers(**{name: group[name] for name in Modifiers.__dataclass_fields__})
-
-
-def _resolve_friction(friction: str | Friction) -> Friction:
-    return friction if isinstance(friction, Friction) else get_friction(friction)
 
 
 def _check_options(group: dict[str, Any]) -> None:
@@ -374,7 +379,18 @@ def _check_options(group: dict[str, Any]) -> None:
         value = group[name]
         if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0.0):
             raise ValueError(f"Invalid {phrase}: {value!r} ({name} must be a float >= 0)")
-    _resolve_friction(group["friction"])
+    friction = resolve_friction(group["friction"])
+    slope = group["friction_slope"]
+    if slope is not None:
+        if not (
+            isinstance(slope, (int, float)) and not isinstance(slope, bool) and math.isfinite(slope) and slope >= 0
+        ):
+            raise ValueError(f"Invalid friction_slope: {slope!r} (must be None or a finite float >= 0)")
+        if friction.uses_stats:
+            raise ValueError(
+                f"Invalid friction_slope: {slope!r} (friction {friction.name!r} takes its slope from ν; "
+                "friction_slope applies to the frictions with a constant slope)"
+            )
     for name in (
         "decoupled_weight_decay",
         "amsgrad",

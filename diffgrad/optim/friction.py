@@ -6,7 +6,8 @@ Every variant in the paper has the same shape, a scaled logistic of the gradient
     ξ = scale · sigmoid(slope · h(Δg) − offset) + shift,    h = |·| or the identity
 
 where slope and offset are constants, or for DFC3–DFC5 come from the statistics μ, ν of |g_t|
-(slope = ν^p, offset = μ). So each variant is a row of numbers (:class:`Friction`: plain data,
+(slope = ν^p, offset = μ). This project's scale-free friction ``dfc-rms`` (docs/paper.md §10) takes
+h(Δg) relative to the step's denominator, |Δg|/(sqrt(v̂_t) + ε). So each variant is a row of numbers (:class:`Friction`: plain data,
 which pickles, deep-copies and loads with ``torch.load(weights_only=True)``), and one function,
 :func:`friction_`, computes all of them for every implementation path.
 
@@ -19,21 +20,27 @@ Note that the paper's stated range [0.5, 1] for DFC3–5 does not hold: ξ < 0.5
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-__all__ = ["FRICTIONS", "Friction", "abs_grad_stats", "friction_", "get_friction"]
+__all__ = ["DFC_RMS_SLOPE", "FRICTIONS", "Friction", "abs_grad_stats", "friction_", "get_friction", "resolve_friction"]
+
+# κ of dfc-rms: ξ = sigmoid(κ·|Δg|/(sqrt(v̂_t) + ε)) (docs/paper.md §10).
+DFC_RMS_SLOPE = 1.0
 
 
 @dataclass(frozen=True)
 class Friction:
-    """One friction variant: ξ = scale · sigmoid(slope · h(Δg) − offset) + shift.
+    """One friction variant: ξ = scale · sigmoid(slope · h(Δg)/d − offset) + shift.
 
     With ``stat_power`` set (DFC3–5), slope = ν^stat_power and offset = μ, the statistics of |g_t|
-    over the tensor; otherwise slope is the constant ``slope`` and offset = 0.
+    over the tensor; otherwise slope is the constant ``slope`` and offset = 0. With ``relative``
+    (dfc-rms, docs/paper.md §10), d = sqrt(v̂_t) + ε, the denominator of the step (Eq. 20), which
+    makes ξ independent of the gradient's scale; otherwise d = 1.
     """
 
     name: str
@@ -43,6 +50,7 @@ class Friction:
     shift: float = 0.0
     stat_power: float | None = None
     range: str = "[0.5, 1)"
+    relative: bool = False
 
     @property
     def uses_stats(self) -> bool:
@@ -68,6 +76,8 @@ FRICTIONS: dict[str, Friction] = {
         Friction("dfc3", stat_power=1.0, range="(0, 1)"),
         Friction("dfc4", stat_power=2.0, range="(0, 1)"),
         Friction("dfc5", stat_power=0.5, range="(0, 1)"),
+        # dfc-rms (this project's, docs/paper.md §10): sigmoid(κ·|Δg|/(sqrt(v̂_t) + ε)).
+        Friction("dfc-rms", slope=DFC_RMS_SLOPE, relative=True),
     )
 }
 
@@ -83,6 +93,13 @@ def get_friction(name: str) -> Friction:
     return FRICTIONS[key]
 
 
+def resolve_friction(friction: str | Friction, slope: float | None = None) -> Friction:
+    """The variant ``friction`` names (or ``friction`` itself), with ``slope`` in place of its own
+    when given (``DiffGrad``'s ``friction_slope``)."""
+    resolved = friction if isinstance(friction, Friction) else get_friction(friction)
+    return resolved if slope is None else dataclasses.replace(resolved, slope=float(slope))
+
+
 def abs_grad_stats(grad: Tensor) -> tuple[Tensor, Tensor]:
     """(μ, ν): mean and population standard deviation of |g| over the whole tensor (DFC3–5)."""
     nu, mu = torch.std_mean(grad.abs(), correction=0)
@@ -90,12 +107,21 @@ def abs_grad_stats(grad: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def friction_(
-    friction: Friction, deltas: list[Tensor] | tuple[Tensor, ...], grads: Sequence[Tensor]
+    friction: Friction,
+    deltas: list[Tensor] | tuple[Tensor, ...],
+    grads: Sequence[Tensor],
+    denoms: Sequence[Tensor] | None = None,
 ) -> list[Tensor] | tuple[Tensor, ...]:
-    """ξ_t for each tensor (Eq. 18–19, Table II), computed in place in the tensors of Δg_t =
-    g_{t−1} − g_t (``deltas``), which are returned; ``grads`` (g_t) give DFC3–5 their μ, ν."""
+    """ξ_t for each tensor (Eq. 18–19, Table II; docs/paper.md §10), computed in place in the
+    tensors of Δg_t = g_{t−1} − g_t (``deltas``), which are returned; ``grads`` (g_t) give DFC3–5
+    their μ, ν, and ``denoms``, the step's sqrt(v̂_t) + ε (AMSGrad: of the maximum), are what a
+    ``relative`` friction divides by."""
     if friction.absolute:
         torch._foreach_abs_(deltas)
+    if friction.relative:
+        if denoms is None:
+            raise ValueError(f"friction_: friction {friction.name!r} needs `denoms`, the step's sqrt(v̂_t) + ε")
+        torch._foreach_div_(deltas, list(denoms))
     if friction.uses_stats:
         mus, nus = zip(*(abs_grad_stats(g) for g in grads))
         torch._foreach_mul_(deltas, [friction.stat_slope(nu) for nu in nus])

@@ -7,7 +7,7 @@ decay; the family's modifiers are explicit calls into :mod:`diffgrad.optim.modif
     m_t = β1·m_{t−1} + (1 − β1)·g_t                  Eq. 11
     v_t = β2·v_{t−1} + (1 − β2)·g_t²                 Eq. 12   (AMSGrad: v_max ← max(v_max, v_t))
     m̂_t = m_t/(1 − β1^t),  v̂_t = v_t/(1 − β2^t)     Eq. 13
-    ξ_t = friction(g_{t−1} − g_t),  g_0 = 0          Eq. 17–19
+    ξ_t = friction(g_{t−1} − g_t),  g_0 = 0          Eq. 17–19   (dfc-rms: docs/paper.md §10)
     θ_t = θ_{t−1} − α·ξ_t·m̂_t/(sqrt(v̂_t) + ε)       Eq. 20
 
 and g_t then goes into the optimizer's own ``previous_grad`` buffer (never an alias of ``.grad``).
@@ -49,7 +49,7 @@ from diffgrad.optim.modifiers import (
 )
 from diffgrad.optim.state import Blockwise8, StateBuffer, compute_dtype, pack, real_numel, unpack
 
-__all__ = ["diffgrad"]
+__all__ = ["denominator", "diffgrad"]
 
 # With compact state, the reference paths unpack this many elements at a time at most, so that
 # their decoded copies stay small next to the state they stand for.
@@ -213,12 +213,12 @@ def _single_tensor_diffgrad(
             torch.maximum(max_exp_avg_sqs[i], exp_avg_sq, out=max_exp_avg_sqs[i])
             exp_avg_sq = max_exp_avg_sqs[i]
 
-        (xi,) = friction_(friction, [previous_grad.sub(grad)], [grad])  # Eq. 17–19
+        bias_correction1 = 1 - beta1**step  # Eq. 13
+        denom = denominator(exp_avg_sq, step, beta2, eps)
+
+        (xi,) = friction_(friction, [previous_grad.sub(grad)], [grad], [denom])  # Eq. 17–19; docs/paper.md §10
         previous_grad.copy_(grad)
 
-        bias_correction1 = 1 - beta1**step  # Eq. 13
-        bias_correction2_sqrt = (1 - beta2**step) ** 0.5
-        denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
         update = xi.mul_(exp_avg).div_(denom)  # ξ·m/(sqrt(v̂) + ε), m̂'s 1/(1 − β1^t) in the step size
         if modifiers.rectify:
             ratio, warmup = rectification(step, beta2, modifiers.rectify_threshold, modifiers.rectify_warmup)
@@ -293,14 +293,15 @@ def _multi_tensor_diffgrad(
             torch._foreach_maximum_(device_max_exp_avg_sqs, device_exp_avg_sqs)
             device_exp_avg_sqs = device_max_exp_avg_sqs
 
-        xis = friction_(friction, torch._foreach_sub(device_previous_grads, grad), grad)  # Eq. 17–19
-        _foreach_copy_(device_previous_grads, grad)
-
         bias_correction1 = [1 - beta1**step for step in steps]  # Eq. 13
         bias_correction2_sqrt = [(1 - beta2**step) ** 0.5 for step in steps]
-        denoms = torch._foreach_sqrt(device_exp_avg_sqs)
+        denoms = torch._foreach_sqrt(device_exp_avg_sqs)  # sqrt(v̂_t) + ε
         torch._foreach_div_(denoms, bias_correction2_sqrt)
         torch._foreach_add_(denoms, eps)
+
+        xis = friction_(friction, torch._foreach_sub(device_previous_grads, grad), grad, denoms)  # Eq. 17–19
+        _foreach_copy_(device_previous_grads, grad)
+
         updates = xis
         torch._foreach_mul_(updates, device_exp_avgs)
         torch._foreach_div_(updates, denoms)
@@ -314,6 +315,11 @@ def _multi_tensor_diffgrad(
                 cautious_(update, g)
         torch._foreach_mul_(updates, [lr / bc for bc in bias_correction1])  # Eq. 20
         torch._foreach_sub_(device_params, updates)
+
+
+def denominator(exp_avg_sq: Tensor, step: float | Tensor, beta2: float, eps: float) -> Tensor:
+    """sqrt(v̂_t) + ε of one tensor (Eq. 13, 20), new; ``exp_avg_sq`` is v_t (AMSGrad: v_max)."""
+    return (exp_avg_sq.sqrt() / (1 - beta2**step) ** 0.5).add_(eps)
 
 
 def _step_value(step_t: Tensor) -> float | Tensor:

@@ -72,7 +72,7 @@ class _Hyper(ctypes.Structure):
         )),
         *((name, ctypes.c_int32) for name in (
             "coupled_weight_decay", "decoupled_weight_decay", "amsgrad", "friction_absolute", "rectify",
-            "rectify_sgd_warmup", "adainject", "cautious", "num_threads", "reserved",
+            "rectify_sgd_warmup", "adainject", "cautious", "num_threads", "friction_relative",
         )),
     ]  # fmt: skip
 
@@ -371,6 +371,7 @@ def _hyper(
         adainject=modifiers.adainject,
         cautious=modifiers.cautious,
         num_threads=torch.get_num_threads(),
+        friction_relative=friction.relative,
     )
 
 

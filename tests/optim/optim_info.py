@@ -33,6 +33,15 @@ OPTION_SETS: dict[str, dict] = {
     "all": {"weight_decay": 0.05, "amsgrad": True, "maximize": True},
     **{f: {"friction": f} for f in ("dfc1", "dfc2", "dfc3", "dfc4", "dfc5")},
     "dfc3_wd_amsgrad": {"friction": "dfc3", "weight_decay": 0.1, "amsgrad": True},
+    "dfc-rms": {"friction": "dfc-rms"},
+    "dfc-rms_slope3_wd_amsgrad_maximize": {
+        "friction": "dfc-rms",
+        "friction_slope": 3.0,
+        "weight_decay": 0.1,
+        "amsgrad": True,
+        "maximize": True,
+    },
+    "dfc2_slope2": {"friction": "dfc2", "friction_slope": 2.0},
 }
 
 EVERY_MODIFIER = {"rectify": True, "adanorm": True, "adainject": True, "cautious": True, "centralize": True}
@@ -54,6 +63,7 @@ MODIFIER_SETS: dict[str, dict] = {
     "centralize_coupled_wd": {"centralize": True, "weight_decay": 0.1},
     "all": {**EVERY_MODIFIER, "amsgrad": True, "weight_decay": 0.05, "maximize": True, "friction": "dfc3"},
     "all_decoupled": {**EVERY_MODIFIER, "weight_decay": 0.1, "decoupled_weight_decay": True},
+    "all_dfc_rms": {**EVERY_MODIFIER, "amsgrad": True, "maximize": True, "friction": "dfc-rms", "friction_slope": 0.5},
 }
 
 STATE_DTYPES = [None, torch.bfloat16, "8bit"]

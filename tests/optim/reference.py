@@ -13,14 +13,19 @@ def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
 
 
-def friction(name: str, delta: float, mu: float, nu: float) -> float:
-    """ξ for Δg = g_{t-1} − g_t (paper Eq. 19 and Table II)."""
+def friction(name: str, delta: float, mu: float, nu: float, denom: float, slope: float | None = None) -> float:
+    """ξ for Δg = g_{t-1} − g_t (paper Eq. 19 and Table II; dfc-rms: docs/paper.md §10, with
+    ``denom`` = sqrt(v̂_t) + ε). ``slope`` replaces the constant slope of dfc, dfc1, dfc2 and is κ
+    of dfc-rms."""
     if name == "dfc":
-        return _sigmoid(abs(delta))
+        return _sigmoid((1.0 if slope is None else slope) * abs(delta))
     if name == "dfc1":
-        return _sigmoid(delta)
+        return _sigmoid((1.0 if slope is None else slope) * delta)
     if name == "dfc2":
-        return 9.0 / (1.0 + math.exp(-0.5 * abs(delta))) - 4.0
+        return 9.0 / (1.0 + math.exp(-(0.5 if slope is None else slope) * abs(delta))) - 4.0
+    if name == "dfc-rms":
+        assert slope is not None, "dfc-rms needs κ"
+        return _sigmoid(slope * abs(delta) / denom)
     if name == "dfc3":
         return _sigmoid(nu * abs(delta) - mu)
     if name == "dfc4":
@@ -39,6 +44,7 @@ class RefState:
     v_max: list[float] = field(default_factory=list)
     norm: float = 0.0  # AdaNorm's e_t
     theta_prev: list[float] = field(default_factory=list)  # AdaInject's θ_{t−1}
+    xi: list[float] = field(default_factory=list)  # the last step's ξ_t
 
 
 def reference_step(
@@ -55,6 +61,7 @@ def reference_step(
     amsgrad: bool = False,
     maximize: bool = False,
     friction_name: str = "dfc",
+    friction_slope: float | None = None,
     rectify: bool = False,
     rectify_threshold: float = 5.0,
     rectify_warmup: str = "sgd",
@@ -103,15 +110,18 @@ def reference_step(
     rho_inf = 2 / (1 - beta2) - 1
     rho_t = rho_inf - 2 * t * beta2**t / (1 - beta2**t)
     u = []
+    st.xi = []
     for i in range(n):
         st.m[i] = beta1 * st.m[i] + (1 - beta1) * first[i]
         st.v[i] = beta2 * st.v[i] + (1 - beta2) * g[i] * g[i]
         st.v_max[i] = max(st.v_max[i], st.v[i])
         m_hat = st.m[i] / (1 - beta1**t)
         v_hat = (st.v_max[i] if amsgrad else st.v[i]) / (1 - beta2**t)
-        xi = friction(friction_name, st.g_prev[i] - g[i], mu, nu)
+        denom = math.sqrt(v_hat) + eps
+        xi = friction(friction_name, st.g_prev[i] - g[i], mu, nu, denom, friction_slope)
+        st.xi.append(xi)
         st.g_prev[i] = g[i]
-        u_i = xi * m_hat / (math.sqrt(v_hat) + eps)
+        u_i = xi * m_hat / denom
         if rectify:
             if rho_t >= rectify_threshold:
                 u_i *= math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
@@ -142,7 +152,12 @@ def adam_step(theta: list[float], grad: list[float], st: RefState, *, lr, beta1,
 
 def reference_kwargs(options: dict, hp: dict, shape: tuple[int, ...] | None = None) -> dict:
     """:func:`reference_step`'s keyword arguments for ``DiffGrad(**hp, **options)`` on a parameter
-    of ``shape`` (needed for gradient centralisation only)."""
+    of ``shape`` (needed for gradient centralisation only). dfc-rms's κ defaults to the package's
+    value (a hyper-parameter's value, not code)."""
+    from diffgrad.optim.friction import DFC_RMS_SLOPE
+
+    friction_name = options.get("friction", "dfc")
+    slope = options.get("friction_slope")
     return dict(
         lr=hp["lr"],
         beta1=hp["betas"][0],
@@ -152,7 +167,8 @@ def reference_kwargs(options: dict, hp: dict, shape: tuple[int, ...] | None = No
         decoupled=options.get("decoupled_weight_decay", False),
         amsgrad=options.get("amsgrad", False),
         maximize=options.get("maximize", False),
-        friction_name=options.get("friction", "dfc"),
+        friction_name=friction_name,
+        friction_slope=DFC_RMS_SLOPE if slope is None and friction_name == "dfc-rms" else slope,
         rectify=options.get("rectify", False),
         rectify_threshold=options.get("rectify_threshold", 5.0),
         rectify_warmup=options.get("rectify_warmup", "sgd"),

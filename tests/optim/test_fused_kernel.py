@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from diffgrad.optim import fused
-from diffgrad.optim.friction import get_friction
+from diffgrad.optim.friction import resolve_friction
 from diffgrad.optim.functional import diffgrad
 from diffgrad.optim.modifiers import Modifiers
 from diffgrad.optim.state import BLOCK, Blockwise8, StateBuffer, load, new_buffer, real_numel, store
@@ -38,7 +38,7 @@ def _hyper(options: dict) -> dict:
         decoupled_weight_decay=options.get("decoupled_weight_decay", False),
         amsgrad=options.get("amsgrad", False),
         maximize=options.get("maximize", False),
-        friction=get_friction(options.get("friction", "dfc")),
+        friction=resolve_friction(options.get("friction", "dfc"), options.get("friction_slope")),
         modifiers=Modifiers(**{k: v for k, v in options.items() if k in Modifiers.__dataclass_fields__}),
     )
 

@@ -35,7 +35,7 @@ REFERENCE_EXAMPLES = 60
 COMPACT_EXAMPLES = 60
 
 ALL_PATHS = tuple(PATHS)
-FRICTION_NAMES = ("dfc", "dfc1", "dfc2", "dfc3", "dfc4", "dfc5")
+FRICTION_NAMES = ("dfc", "dfc1", "dfc2", "dfc3", "dfc4", "dfc5", "dfc-rms")
 GRAD_KINDS = ("random", "repeat", "zeros", "some_zeros", "none")
 LAYOUTS = ("vector", "scalar", "empty", "matrix", "4d", "transposed", "sliced", "channels_last")
 # Shapes with at least MIN_QUANTIZED_NUMEL elements, where 8-bit state applies when the size is a
@@ -111,6 +111,10 @@ def option_sets(draw: st.DrawFn) -> dict:
     friction = draw(st.sampled_from(FRICTION_NAMES))
     if friction != "dfc":
         options["friction"] = friction
+    if friction == "dfc-rms":
+        slope = draw(st.sampled_from([None, 0.5, 4.0]))
+        if slope is not None:
+            options["friction_slope"] = slope
     if draw(st.booleans()):
         options.update(
             rectify=True,

@@ -11,12 +11,14 @@
 //     θ ← θ·(1 − αλ)                                  decoupled decay
 //     m  = β1·m + (1 − β1)·first                      Eq. 11
 //     v  = β2·v + (1 − β2)·g²                         Eq. 12   (v_max = max(v_max, v): AMSGrad)
-//     ξ  = scale·sigmoid(slope·h(g_prev − g) − offset) + shift     Eq. 17–19
+//     ξ  = scale·sigmoid(slope·h(g_prev − g)/d − offset) + shift   Eq. 17–19
+//          d = 1, or sqrt(v̂) + ε for a relative friction (dfc-rms, docs/paper.md §10)
 //     θ ← θ − s_t·ξ·m/(sqrt(v) + ε_t)                 Eq. 13, 20
 //     g_prev ← g
 //
 // with s_t = α·r_t·sqrt(1 − β2^t)/(1 − β1^t) and ε_t = ε·sqrt(1 − β2^t), which equal α·m̂/(sqrt(v̂) + ε)
-// up to round-off without a bias-correction pass; r_t and the warm-up's momentum step come from
+// up to round-off without a bias-correction pass (a relative friction's slope likewise takes the
+// factor sqrt(1 − β2^t): slope·h/(sqrt(v̂) + ε) = slope·sqrt(1 − β2^t)·h/(sqrt(v) + ε_t)); r_t and the warm-up's momentum step come from
 // RAdam's rule when rectified, and cautious masking scales the update by a whole-tensor count
 // (a counting pass before the step).
 //
@@ -271,7 +273,7 @@ struct DgHyper {
   int32_t adainject;
   int32_t cautious;
   int32_t num_threads;
-  int32_t reserved;
+  int32_t friction_relative;  // h(Δg) divided by sqrt(v̂) + ε (dfc-rms)
 };
 
 // A parameter's state and layout. Pointers are contiguous arrays of ``numel`` real elements;
@@ -337,7 +339,7 @@ Coefficients coefficients_at(const DgHyper& h, double t, const DgTensorScalars* 
   c.momentum_step = h.lr * warm / bias_correction1;
   c.inject_scale = h.adainject && t > 1.0 ? 1.0 / h.adainject_k : 1.0;
   c.ratio = scalars ? scalars->ratio : 1.0;
-  c.slope = scalars ? scalars->slope : h.friction_slope;
+  c.slope = (scalars ? scalars->slope : h.friction_slope) * (h.friction_relative ? bias_correction2_sqrt : 1.0);
   c.offset = scalars ? scalars->offset : 0.0;
   c.scale = h.friction_scale;
   c.shift = h.friction_shift;
@@ -365,9 +367,10 @@ struct Block {
   T* state[kSlots];
 };
 
-// The default step (friction ξ = sigmoid(slope·|Δg|) with slope ≥ 0, no modifier): ξ enters as
-// the divisor 1 + e^{−z}, so the update takes one division, θ − s_t·m/((sqrt(v) + ε_t)(1 + e^{−z})).
-template <class T, bool kCoupled, bool kAmsgrad>
+// The default step (friction ξ = sigmoid(slope·|Δg|) with slope ≥ 0, or its relative form
+// sigmoid(slope·|Δg|/(sqrt(v) + ε_t)); no modifier): ξ enters as the divisor 1 + e^{−z}, so the
+// update takes one division, θ − s_t·m/((sqrt(v) + ε_t)(1 + e^{−z})).
+template <class T, bool kCoupled, bool kAmsgrad, bool kRelative>
 void plain_loop(int64_t n, const Scalars<T>& c, const Block<T>& b) {
   T* __restrict p = b.param;
   const T* __restrict grad = b.grad;
@@ -388,9 +391,11 @@ void plain_loop(int64_t n, const Scalars<T>& c, const Block<T>& b) {
       v_t = nan_max(vmax[i], v_t);
       vmax[i] = v_t;
     }
-    const T z = std::fabs(prev[i] - g) * c.slope;             // Eq. 17–19
+    const T root_eps = std::sqrt(v_t) + c.eps;
+    T z = std::fabs(prev[i] - g) * c.slope;                   // Eq. 17–19
+    if constexpr (kRelative) z /= root_eps;
     prev[i] = g;
-    const T denominator = (std::sqrt(v_t) + c.eps) * one_plus_exp_neg<T, true>(z);
+    const T denominator = root_eps * one_plus_exp_neg<T, true>(z);
     p[i] = theta * c.decay - c.step_size * m_t / denominator;  // Eq. 13, 20
   }
 }
@@ -399,7 +404,7 @@ void plain_loop(int64_t n, const Scalars<T>& c, const Block<T>& b) {
 // taken and the blocks' maxima found in one loop, whose sqrt(v) (and sqrt(v_max)) serve both the
 // denominator and the encoding; then the codes are written. The values are those of decoding into
 // arrays, plain_loop and encode_block8 in turn.
-template <bool kCoupled, bool kAmsgrad>
+template <bool kCoupled, bool kAmsgrad, bool kRelative>
 void plain_loop_blockwise8(int64_t n, const Scalars<float>& c, float* __restrict p, const float* __restrict grad,
                            const DgTensor& t, int64_t lo) {
   const int64_t block = lo / kBlock;
@@ -432,8 +437,10 @@ void plain_loop_blockwise8(int64_t n, const Scalars<float>& c, float* __restrict
       vmax_root[i] = root;
       vmax_absmax = std::max(vmax_absmax, abs_bits(root));
     }
-    const float z = std::fabs(e4m3_to_float(prev_codes[i]) * prev_scale - g) * c.slope;  // Eq. 17–19
-    const float denominator = (root + c.eps) * one_plus_exp_neg<float, true>(z);
+    const float root_eps = root + c.eps;
+    float z = std::fabs(e4m3_to_float(prev_codes[i]) * prev_scale - g) * c.slope;  // Eq. 17–19
+    if constexpr (kRelative) z /= root_eps;
+    const float denominator = root_eps * one_plus_exp_neg<float, true>(z);
     p[i] = theta * c.decay - c.step_size * m_t / denominator;  // Eq. 13, 20
     m_new[i] = m_t;
     g_new[i] = g;
@@ -449,11 +456,11 @@ void plain_loop_blockwise8(int64_t n, const Scalars<float>& c, float* __restrict
   if constexpr (kAmsgrad) write(kMaxExpAvgSq, vmax_root, vmax_absmax);
 }
 
-// Every friction variant and modifier: ξ = scale·sigmoid(z) + shift, z = slope·h(Δg) − offset;
+// Every friction variant and modifier: ξ = scale·sigmoid(z) + shift, z = slope·h(Δg)/d − offset;
 // AdaNorm's ratio and AdaInject's form on the first moment's input; θ − (ξ·s_t/(sqrt(v) + ε_t)
 // + the rectified warm-up's step)·m, masked as cautious asks. Returns the count of elements
 // whose update agrees in sign with g (cautious masking's Σmask).
-template <class T, bool kAmsgrad, bool kInject>
+template <class T, bool kAmsgrad, bool kInject, bool kRelative>
 int64_t general_loop(int64_t n, const Scalars<T>& c, const DgHyper& h, const Block<T>& b) {
   T* __restrict p = b.param;
   const T* __restrict grad = b.grad;
@@ -484,11 +491,14 @@ int64_t general_loop(int64_t n, const Scalars<T>& c, const DgHyper& h, const Blo
       v_t = nan_max(vmax[i], v_t);
       vmax[i] = v_t;
     }
+    const T root_eps = std::sqrt(v_t) + c.eps;
     const T change = prev[i] - g;                             // Eq. 17
     prev[i] = g;
-    const T z = std::fma(absolute ? std::fabs(change) : change, c.slope, -c.offset);
+    T h_change = absolute ? std::fabs(change) : change;
+    if constexpr (kRelative) h_change /= root_eps;
+    const T z = std::fma(h_change, c.slope, -c.offset);
     const T xi = std::fma(T(1) / one_plus_exp_neg(z), c.scale, c.shift);  // Eq. 18–19
-    T update = std::fma(xi / (std::sqrt(v_t) + c.eps), c.step_size, c.momentum_step) * m_t;
+    T update = std::fma(xi / root_eps, c.step_size, c.momentum_step) * m_t;
     const bool agrees = update * g > T(0);
     agree += agrees;
     update = cautious ? update * (agrees ? c.cautious_scale : T(0)) : update;
@@ -501,6 +511,27 @@ template <class T>
 using PlainLoop = void (*)(int64_t, const Scalars<T>&, const Block<T>&);
 template <class T>
 using GeneralLoop = int64_t (*)(int64_t, const Scalars<T>&, const DgHyper&, const Block<T>&);
+using Fused8 = void (*)(int64_t, const Scalars<float>&, float*, const float*, const DgTensor&, int64_t);
+
+// The loops' instances for the options of a call: each option a template parameter, so that no
+// loop tests an option that is off element by element.
+template <class T, bool kRelative>
+PlainLoop<T> plain_loop_for(bool coupled, bool amsgrad) {
+  return coupled ? (amsgrad ? plain_loop<T, true, true, kRelative> : plain_loop<T, true, false, kRelative>)
+                 : (amsgrad ? plain_loop<T, false, true, kRelative> : plain_loop<T, false, false, kRelative>);
+}
+
+template <class T, bool kRelative>
+GeneralLoop<T> general_loop_for(bool amsgrad, bool inject) {
+  return amsgrad ? (inject ? general_loop<T, true, true, kRelative> : general_loop<T, true, false, kRelative>)
+                 : (inject ? general_loop<T, false, true, kRelative> : general_loop<T, false, false, kRelative>);
+}
+
+template <bool kRelative>
+Fused8 plain_loop_blockwise8_for(bool coupled, bool amsgrad) {
+  return coupled ? (amsgrad ? plain_loop_blockwise8<true, true, kRelative> : plain_loop_blockwise8<true, false, kRelative>)
+                 : (amsgrad ? plain_loop_blockwise8<false, true, kRelative> : plain_loop_blockwise8<false, false, kRelative>);
+}
 
 // ---------------------------------------------------------------------------------------------
 // Loading and storing one block of a buffer in T.
@@ -573,10 +604,10 @@ int64_t step_range(const DgHyper& h, const DgTensor& t, void* param, const void*
   const bool general = h.rectify || h.cautious || inject || !h.friction_absolute || coefficients.ratio != 1.0 ||
                        coefficients.scale != 1.0 || coefficients.shift != 0.0 || coefficients.offset != 0.0 ||
                        !(coefficients.slope >= 0.0);
-  const PlainLoop<T> plain = h.coupled_weight_decay ? (amsgrad ? plain_loop<T, true, true> : plain_loop<T, true, false>)
-                                                   : (amsgrad ? plain_loop<T, false, true> : plain_loop<T, false, false>);
-  const GeneralLoop<T> general_step = amsgrad ? (inject ? general_loop<T, true, true> : general_loop<T, true, false>)
-                                              : (inject ? general_loop<T, false, true> : general_loop<T, false, false>);
+  const PlainLoop<T> plain = h.friction_relative ? plain_loop_for<T, true>(h.coupled_weight_decay, amsgrad)
+                                                 : plain_loop_for<T, false>(h.coupled_weight_decay, amsgrad);
+  const GeneralLoop<T> general_step = h.friction_relative ? general_loop_for<T, true>(amsgrad, inject)
+                                                          : general_loop_for<T, false>(amsgrad, inject);
   // The default step on float32 parameters with 8-bit state: decoding and encoding fused with it.
   bool fused8 = false;
   if constexpr (std::is_same_v<T, float>) {
@@ -584,10 +615,8 @@ int64_t step_range(const DgHyper& h, const DgTensor& t, void* param, const void*
              t.state_format[kExpAvg] == kBlockwise8 && t.state_format[kExpAvgSq] == kBlockwise8 &&
              t.state_format[kPreviousGrad] == kBlockwise8 && (!amsgrad || t.state_format[kMaxExpAvgSq] == kBlockwise8);
   }
-  using Fused8 = void (*)(int64_t, const Scalars<float>&, float*, const float*, const DgTensor&, int64_t);
-  const Fused8 plain8 = h.coupled_weight_decay
-                            ? (amsgrad ? plain_loop_blockwise8<true, true> : plain_loop_blockwise8<true, false>)
-                            : (amsgrad ? plain_loop_blockwise8<false, true> : plain_loop_blockwise8<false, false>);
+  const Fused8 plain8 = h.friction_relative ? plain_loop_blockwise8_for<true>(h.coupled_weight_decay, amsgrad)
+                                            : plain_loop_blockwise8_for<false>(h.coupled_weight_decay, amsgrad);
   alignas(64) T scratch[kSlots + 2][kBlock];
   int64_t agree = 0;
   for (int64_t i = lo; i < hi; i += kBlock) {
