@@ -17,10 +17,10 @@
 //     g_prev ← g
 //
 // with s_t = α·r_t·sqrt(1 − β2^t)/(1 − β1^t) and ε_t = ε·sqrt(1 − β2^t), which equal α·m̂/(sqrt(v̂) + ε)
-// up to round-off without a bias-correction pass (a relative friction's slope likewise takes the
-// factor sqrt(1 − β2^t): slope·h/(sqrt(v̂) + ε) = slope·sqrt(1 − β2^t)·h/(sqrt(v) + ε_t)); r_t and the warm-up's momentum step come from
-// RAdam's rule when rectified, and cautious masking scales the update by a whole-tensor count
-// (a counting pass before the step).
+// up to round-off without a bias-correction pass; for the same reason a relative friction's slope
+// takes the factor sqrt(1 − β2^t): slope·h/(sqrt(v̂) + ε) = slope·sqrt(1 − β2^t)·h/(sqrt(v) + ε_t).
+// r_t and the warm-up's momentum step come from RAdam's rule when rectified, and cautious masking
+// scales the update by a whole-tensor count (a counting pass before the step).
 //
 // Storage formats match diffgrad/optim/state.py bit for bit: a state buffer is a plain array in
 // T, bfloat16 (round to nearest even, as torch's conversion), or 8-bit block-wise float8-e4m3fn
