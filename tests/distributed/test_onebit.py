@@ -4,12 +4,15 @@ compressing resumes exactly, the bytes sent, and clear errors for bad settings."
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 import torch
 
 from diffgrad.distributed.compression import ChunkLayout
 from dist_cases import make_model
-from wire_cases import ddp_diffgrad_task, no_all_to_all_task, onebit_error_task, onebit_task, pool4
+from wire_cases import ddp_diffgrad_task, no_all_to_all_task, onebit_error_task, onebit_task, pool4, script_task
 
 STEPS = 12
 FREEZE = 4
@@ -105,3 +108,14 @@ def test_bad_settings_raise_clear_errors(options, message) -> None:
 def test_backend_without_all_to_all_is_refused() -> None:
     for got in pool4().run(no_all_to_all_task, world_size=2):
         assert "needs all_to_all, which backend 'gloo' does not run" in got, got
+
+
+PAGE = Path(__file__).resolve().parents[2] / "docs" / "communication.md"
+BLOCK = re.compile(r"^```python\n(# torchrun --nproc-per-node=(\d+) (\S+\.py)\n.*?)^```", re.MULTILINE | re.DOTALL)
+
+
+@pytest.mark.parametrize("code, ranks, name", BLOCK.findall(PAGE.read_text()), ids=lambda v: str(v)[:12])
+def test_docs_examples_run(tmp_path, code, ranks, name) -> None:
+    """docs/communication.md cannot rot: each example runs on the ranks its first line names."""
+    (tmp_path / name).write_text(code)
+    pool4().run(script_task, str(tmp_path / name), world_size=int(ranks), init_process_group=False, cwd=str(tmp_path))

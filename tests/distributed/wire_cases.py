@@ -219,3 +219,10 @@ def robust_error_task(settings: dict[str, Any]) -> str:
     except ValueError as error:
         return str(error)
     return "no error"
+
+
+def script_task(path: str) -> None:
+    """Run the script at ``path`` as ``__main__`` (it initialises its own process group)."""
+    import runpy
+
+    runpy.run_path(path, run_name="__main__")
