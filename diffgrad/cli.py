@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import ast
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -60,6 +61,16 @@ def _positive(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0.0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a positive, finite number, got {text!r}")
     return value
 
 
@@ -215,6 +226,14 @@ def _add_compare(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--tag", default="", help="label grouping the studies of one experiment; a new tag starts new studies"
     )
+    parser.add_argument(
+        "--loss-scale",
+        type=_positive_float,
+        default=1.0,
+        metavar="S",
+        help="multiply the training loss (so every gradient) by S; Adam's steps do not depend on it, "
+        "diffGrad's friction does (default: %(default)s)",
+    )
     parser.add_argument("--device", default="cpu", help="torch device to train on (default: %(default)s)")
     parser.add_argument(
         "--threads",
@@ -264,6 +283,7 @@ def _run_compare(args: argparse.Namespace) -> int:
             eval_every=args.eval_every,
             schedule=args.schedule,
             tag=args.tag,
+            loss_scale=args.loss_scale,
             device=args.device,
             progress=not args.quiet,
             **{key: value for key, value in given.items() if value is not None},

@@ -2,26 +2,31 @@
 
 Sections of the report: (1) the 1-D functions of Sec. V (Eq. 24–26, Fig. 4); (2) average regret on
 online convex problems (Sec. IV); (3) the Table I protocol; (4) the friction variants (Table II)
-and activations (Table III) under the same protocol; (5) a fair, tuned comparison; (6) the diffGrad
-family of the follow-up papers (docs/paper.md §8) under the same tuned protocol; and a verdict generated
-from the numbers of all of them. Every training run lives in the results database; re-running
-the command resumes and never recomputes a finished run.
+and activations (Table III) under the same protocol; (5) the friction ξ those runs applied; (6) a
+fair, tuned comparison; (7) the diffGrad family of the follow-up papers (docs/paper.md §8) under
+the same tuned protocol; (8) sensitivity to the loss scale at the tuned learning rates; and a
+verdict on every claim, generated from the numbers by the rules of :mod:`diffgrad.lab.claims`.
+The paper's settings and published numbers are in :mod:`diffgrad.lab.paper`. Every training run
+lives in the results database; re-running the command resumes and never recomputes a finished run.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from diffgrad.lab import claims as cl
+from diffgrad.lab import paper
+from diffgrad.lab.claims import Claim, Ranking
+from diffgrad.lab.diagnostics import friction_curves, near_half_share
 from diffgrad.lab.online import PROBLEMS, average_regret
 from diffgrad.lab.registry import create_optimizer, get_optimizer_spec
 from diffgrad.lab.report import Document, Image, Problem, Results, Section, format_table, plots
 from diffgrad.lab.report.sections import (
-    fmt_ci,
     learning_curve_sections,
     performance_profile_sections,
     provenance_sections,
@@ -29,28 +34,18 @@ from diffgrad.lab.report.sections import (
     summary_sections,
     trajectory_sections,
 )
-from diffgrad.lab.report.stats import MeanCI, divergence_index, mean_ci
+from diffgrad.lab.report.stats import MeanCI, divergence_index, fmt_ci, mean_ci
 from diffgrad.lab.runner import StudyPlan, build_workload, open_storage, plan_compare, plan_study, run_studies
 from diffgrad.lab.storage import RunRecord, artifact, default_storage_url, load_records, redact_url
 from diffgrad.lab.trajectories import STANDARD, stored_trajectory
 from diffgrad.lab.workloads.analytic import FUNCTIONS
 
-# The paper's settings for the 1-D functions (Sec. V): both optimizers, θ_0 = −1, 300 iterations.
-ONE_D_HPARAMS = {"lr": 0.1, "betas": (0.95, 0.999), "eps": 1e-8}
-ONE_D_STEPS = 300
-ONE_D_FUNCTIONS = ("F1", "F2", "F3")
 TWO_D_FUNCTIONS = ("rosenbrock", "beale", "rastrigin")
 FRICTION_OPTIMIZERS = tuple(f"diffgrad-dfc{k}" for k in range(1, 6))
-
-# Regret (Sec. IV): the step α/sqrt(t) of the analysis, with Reddi et al.'s β1 = 0.9, β2 = 0.99.
 REGRET_OPTIMIZERS = ("diffgrad", "adam", "amsgrad")
-REGRET_HPARAMS = {"lr": 0.1, "betas": (0.9, 0.99)}
-
-# Table I (Sec. VI): the paper's optimizers plus the two controls for the published code's bug.
+# Table I: the paper's optimizers plus the two controls for the published code's bug.
 TABLE1_OPTIMIZERS = ("sgdm", "adagrad", "adadelta", "rmsprop", "amsgrad", "adam", "diffgrad")
 CONTROLS = ("diffgrad-published", "adam-half-lr")
-BATCH_SIZES = (32, 64, 128)
-ACTIVATIONS = ("relu", "leaky_relu", "elu", "selu")
 FAIR_OPTIMIZERS = (
     "sgdm",
     "adagrad",
@@ -72,45 +67,18 @@ FAIR_TAG = "fair"
 # diffGrad, and with Adam as the anchor the follow-up papers also report.
 FAMILY_OPTIMIZERS = ("diffgrad-rect", "diffgrad-norm", "diffgrad-inject", "diffgrad-cautious", "diffgrad-gc")
 FAMILY_TAG = "family"
+# The loss-scale experiment: Adam and diffGrad at the learning rate the fair comparison tuned, with the
+# training loss multiplied by each scale.
+SCALE_OPTIMIZERS = ("adam", "diffgrad")
+LOSS_SCALES = (0.01, 1.0, 100.0)
+SCALE_TAG = "loss-scale"
 
-DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
-# docs/paper.md §6, Table I: top-1 accuracy (%) at batch sizes 32 / 64 / 128.
-PAPER_TABLE1 = {
-    "cifar10": {
-        "sgdm": (92.95, 92.07, 90.15),
-        "adagrad": (92.04, 92.01, 91.30),
-        "adadelta": (93.66, 93.48, 93.54),
-        "rmsprop": (92.82, 92.32, 92.26),
-        "amsgrad": (93.73, 93.40, 93.51),
-        "adam": (93.78, 93.81, 93.72),
-        "diffgrad": (93.90, 94.05, 94.08),
-    },
-    "cifar100": {
-        "sgdm": (73.30, 70.37, 67.25),
-        "adagrad": (71.01, 70.80, 68.38),
-        "adadelta": (73.46, 74.09, 74.12),
-        "rmsprop": (65.31, 66.80, 62.65),
-        "amsgrad": (73.06, 72.45, 72.86),
-        "adam": (71.82, 73.31, 73.72),
-        "diffgrad": (75.40, 75.27, 75.05),
-    },
-}
-# Table II's best cells: (dataset, batch size) -> (variant, accuracy).
-PAPER_TABLE2_BEST = {
-    ("cifar10", 32): ("diffgrad-dfc1", 94.37),
-    ("cifar10", 64): ("diffgrad-dfc4", 94.33),
-    ("cifar10", 128): ("diffgrad-dfc3", 94.19),
-    ("cifar100", 32): ("diffgrad-dfc2", 75.55),
-    ("cifar100", 64): ("diffgrad-dfc5", 75.55),
-    ("cifar100", 128): ("diffgrad-dfc3", 75.45),
-}
-# Table III: diffGrad, ResNet-50, CIFAR-10, batch sizes 32 / 64 / 128.
-PAPER_TABLE3 = {
-    "relu": (93.90, 94.05, 94.08),
-    "leaky_relu": (94.31, 94.28, 94.16),
-    "elu": (94.16, 94.16, 94.10),
-    "selu": (93.48, 93.34, 93.38),
-}
+# Tolerances the deterministic claims state (docs/paper.md §5 gives the minima to 4 decimals).
+ONE_D_TOLERANCE = 0.01  # |θ − minimum| that counts as "at" the minimum; also the settling motion
+REGRET_RATE_TOLERANCE = 0.1  # a fitted slope up to −0.5 + 0.1 shows the O(1/√T) rate
+REGRET_MIN_HORIZON = 10_000  # below this the last decade of T still holds the transient
+METRIC_TOLERANCE = 0.01  # a change of the test metric within ±0.01 counts as none
+XI_TOLERANCE = 0.001  # likewise for the mean friction ξ
 
 
 @dataclass(frozen=True)
@@ -128,6 +96,7 @@ class Scale:
     fair_seeds: int
     fair_steps: int | None
     family_workloads: tuple[str, ...]  # the family runs with the fair comparison's budget, seeds and steps
+    scale_workloads: tuple[str, ...]  # of fair_workloads: the loss-scale runs use their tuned lr
     notes: tuple[str, ...] = field(default=())
 
 
@@ -143,6 +112,7 @@ FULL = Scale(
     fair_seeds=5,
     fair_steps=None,
     family_workloads=OFFLINE_WORKLOADS,
+    scale_workloads=OFFLINE_WORKLOADS,
     notes=(
         "The tuned comparisons leave out the `charlm` workload: at about 30 s a run on one CPU core, 13 "
         "optimizers × 21 runs would take over two hours; `diffgrad compare --workload charlm` runs it.",
@@ -160,99 +130,26 @@ QUICK = Scale(
     fair_seeds=2,
     fair_steps=120,
     family_workloads=("mnist1d-mlp",),
+    scale_workloads=("mnist1d-mlp",),
     notes=(
         "This is the `--quick` run: 120 training steps per run, one seed for the paper protocol, "
         "3 tuning trials and 2 seeds for the tuned protocol, a regret horizon of 3,000, one stand-in "
         "workload, six optimizers in the fair comparison and one workload (`mnist1d-mlp`) for the diffGrad "
-        "family. Its numbers show that every part works; they are too small to settle any claim. Run "
+        "family and the loss scale. Its numbers show that every part works; they are too small to settle "
+        "a claim, so most verdicts below are *inconclusive* by the rules they state. Run "
         "`diffgrad reproduce` for the full budgets.",
     ),
 )
 
 
 @dataclass(frozen=True)
-class Claim:
-    """One of the paper's claims and what the numbers in this report say about it."""
+class Built:
+    """What one section builder returns: report sections, the claims they judge, and headline
+    numbers for the summary."""
 
-    claim: str
-    verdict: str  # "held", "did not hold" or "inconclusive"
-    evidence: str
-
-
-def _every(verdicts: Sequence[str]) -> str:
-    """The verdict on a claim that must hold in every case (e.g. at every batch size)."""
-    if "did not hold" in verdicts:
-        return "did not hold"
-    return "held" if all(v == "held" for v in verdicts) else "inconclusive"
-
-
-def _some(verdicts: Sequence[str]) -> str:
-    """The verdict on a claim that must hold in at least one case."""
-    if "held" in verdicts:
-        return "held"
-    return "did not hold" if all(v == "did not hold" for v in verdicts) else "inconclusive"
-
-
-@dataclass(frozen=True)
-class Ranking:
-    """Scores to compare, each a mean and 95 % CI over seeds: the optimizers on one workload of a tuned
-    comparison, or the entries of a paper-protocol table at one batch size."""
-
-    workload: str
-    scores: dict[str, MeanCI]
-    higher_is_better: bool
-
-    @classmethod
-    def of(cls, problem: Problem) -> Ranking:
-        scores = {c.optimizer: mean_ci([r.test_metric for r in c.final]) for c in problem.finished}
-        return cls(problem.workload, scores, problem.info is None or problem.info.higher_is_better)
-
-    @property
-    def ranked(self) -> list[str]:
-        """The optimizers, best mean first; those without a finite score last."""
-        sign = 1 if self.higher_is_better else -1
-        return sorted(self.scores, key=lambda o: (math.isnan(self.scores[o].mean), -sign * self.scores[o].mean))
-
-    def rank(self, optimizer: str) -> int:
-        return self.ranked.index(optimizer) + 1
-
-    def lead(self, a: str, b: str) -> float:
-        """How far ``a``'s mean is ahead of ``b``'s in the metric's better direction (negative: behind)."""
-        gap = self.scores[a].mean - self.scores[b].mean
-        return gap if self.higher_is_better else -gap
-
-    def versus(self, a: str, b: str) -> str:
-        """A key of :data:`OUTCOME_VERDICTS`: better or worse only when the two 95 % CIs are apart."""
-        if min(self.scores[a].n, self.scores[b].n) < 2:
-            return "no CI"
-        lead = self.lead(a, b)
-        if abs(lead) <= self.scores[a].half_width + self.scores[b].half_width:
-            return "CIs overlap"
-        return "better" if lead > 0 else "worse"
-
-    def best_verdict(self, optimizer: str) -> str:
-        """The verdict on "``optimizer`` is the best": held when it is better than every other, did not
-        hold when another is better than it (see :meth:`versus`)."""
-        outcomes = [self.versus(optimizer, other) for other in self.scores if other != optimizer]
-        if "worse" in outcomes:
-            return "did not hold"
-        return "held" if all(o == "better" for o in outcomes) else "inconclusive"
-
-
-# Outcome of one optimizer against another, and the verdict it gives the claim that the first is better.
-OUTCOME_VERDICTS = {"better": "held", "worse": "did not hold", "CIs overlap": "inconclusive", "no CI": "inconclusive"}
-CI_RULE = "95 % CIs; held or did not hold only when they are apart"
-
-
-def _standing(ranking: Ranking, optimizer: str) -> str:
-    """``optimizer``'s score and rank, and the best other one's (the runner-up when it leads)."""
-    ranked = ranking.ranked
-    rank = ranked.index(optimizer) + 1
-    text = f"{optimizer} {fmt_ci(ranking.scores[optimizer])} (rank {rank} of {len(ranked)})"
-    if len(ranked) < 2:
-        return text
-    rival = ranked[1] if rank == 1 else ranked[0]
-    return f"{text}; {'runner-up' if rank == 1 else 'best'} {rival} {fmt_ci(ranking.scores[rival])}"
+    sections: list[Section]
+    claims: list[Claim] = field(default_factory=list)
+    headlines: list[str] = field(default_factory=list)
 
 
 def reproduce(
@@ -264,7 +161,8 @@ def reproduce(
     device: str = "cpu",
     progress: bool = True,
 ) -> Path:
-    """Run (or resume) every experiment and write ``report.md``/``report.html``; returns the Markdown path."""
+    """Run (or resume) every experiment and write ``report.md``/``report.html`` and ``summary.md``;
+    returns the report's Markdown path."""
     scale = QUICK if quick else FULL
     out = Path(out_dir)
     plot_dir = out / "plots"
@@ -275,25 +173,41 @@ def reproduce(
     datasets = _paper_workloads(scale, data_dir)
     plans = _paper_plans(scale, datasets) + _fair_plans(scale) + _family_plans(scale)
     run_studies(plans, rdb, device=device, progress=progress)  # every training run; resumes what is missing
+    # The loss-scale runs take the learning rates the fair comparison selected.
+    run_studies(_scale_plans(scale, load_records(url)), rdb, device=device, progress=progress)
     records = load_records(url)
 
-    sections, claims = [], []
-    for build in (
+    builders: list[Callable[[], Built]] = [
         lambda: one_d_section(plot_dir, rdb),
         lambda: regret_section(plot_dir, scale.regret_horizon, rdb),
         lambda: table1_section(records, datasets, plot_dir, url),
         lambda: variants_section(records, datasets),
+        lambda: friction_section(records, datasets, plot_dir),
         lambda: fair_section(url, plot_dir),
         lambda: family_section(url, plot_dir),
-    ):
-        built, found = build()
-        sections += built
-        claims += found
+        lambda: scale_section(records, plot_dir),
+    ]
+    built = [build() for build in builders]
+    claims = [c for b in built for c in b.claims]
+    intro = _intro(scale, datasets, url, records)
+    verdict = verdict_section(claims)
     document = Document(
         "diffGrad, reproduced",
-        [_intro(scale, datasets, url, records), verdict_section(claims), *sections, *provenance_sections(records)],
+        [intro, verdict, *(s for b in built for s in b.sections), *provenance_sections(records)],
+        summary=[
+            verdict,
+            Section("Headline numbers", "\n".join(f"- {h}" for b in built for h in b.headlines)),
+            Section("Provenance", _scale_line(scale, datasets) + "\n\n" + provenance_summary(records)),
+        ],
     )
     return document.write(out)
+
+
+def _scale_line(scale: Scale, datasets: Sequence[PaperDataset]) -> str:
+    where = ", ".join(
+        f"`{d.workload}`" + (f" (stand-in for {paper.DATASET_NAMES[d.paper]})" if d.standin else "") for d in datasets
+    )
+    return f"Scale **{scale.name}**; paper protocol on {where}; seeds, budgets and settings in `report.md`."
 
 
 # ---------------------------------------------------------------------------------------- plans
@@ -312,8 +226,8 @@ class PaperDataset:
 def _paper_workloads(scale: Scale, data_dir: str | None) -> list[PaperDataset]:
     if data_dir is not None:
         # The real protocol: CIFAR ResNet-50 (docs/paper.md §6), read from the given folder.
-        return [PaperDataset(p, f"{p}-resnet", {"data_dir": data_dir, "depth": 50}, False) for p in PAPER_TABLE1]
-    return [PaperDataset(paper, workload, {}, True) for paper, workload in scale.standins]
+        return [PaperDataset(p, f"{p}-resnet", {"data_dir": data_dir, "depth": 50}, False) for p in paper.TABLE1]
+    return [PaperDataset(p, workload, {}, True) for p, workload in scale.standins]
 
 
 def _paper_plans(scale: Scale, datasets: Sequence[PaperDataset]) -> list[StudyPlan]:
@@ -323,12 +237,11 @@ def _paper_plans(scale: Scale, datasets: Sequence[PaperDataset]) -> list[StudyPl
     """
     plans = []
     for ds in datasets:
-        for activation in ACTIVATIONS if ds.paper == "cifar10" else ACTIVATIONS[:1]:
+        for activation in paper.ACTIVATIONS if ds.paper == "cifar10" else paper.ACTIVATIONS[:1]:
             optimizers = TABLE1_OPTIMIZERS + CONTROLS + FRICTION_OPTIMIZERS if activation == "relu" else ("diffgrad",)
             options = dict(ds.options, **({} if activation == "relu" else {"activation": activation}))
             workload = build_workload(ds.workload, options)  # built once: its data loads once
-            for bs in BATCH_SIZES:
-                tag = f"paper-bs{bs}" + ("" if activation == "relu" else f"-{activation}")
+            for bs in paper.BATCH_SIZES:
                 plans += [
                     plan_study(
                         workload,
@@ -339,11 +252,15 @@ def _paper_plans(scale: Scale, datasets: Sequence[PaperDataset]) -> list[StudyPl
                         steps=scale.paper_steps,
                         batch_size=bs,
                         schedule="step",
-                        tag=tag,
+                        tag=_paper_tag(bs, activation),
                     )
                     for opt in optimizers
                 ]
     return plans
+
+
+def _paper_tag(batch_size: int, activation: str = "relu") -> str:
+    return f"paper-bs{batch_size}" + ("" if activation == "relu" else f"-{activation}")
 
 
 def _tuned_plans(
@@ -361,7 +278,7 @@ def _tuned_plans(
 
 
 def _fair_plans(scale: Scale) -> list[StudyPlan]:
-    """Section 5: the paper's optimizers and their peers."""
+    """Section 6: the paper's optimizers and their peers."""
     return _tuned_plans(
         scale.fair_workloads,
         scale.fair_optimizers,
@@ -373,7 +290,7 @@ def _fair_plans(scale: Scale) -> list[StudyPlan]:
 
 
 def _family_plans(scale: Scale) -> list[StudyPlan]:
-    """Section 6: the diffGrad family, plain diffGrad and Adam."""
+    """Section 7: the diffGrad family, plain diffGrad and Adam."""
     return _tuned_plans(
         scale.family_workloads,
         ("adam", "diffgrad", *FAMILY_OPTIMIZERS),
@@ -384,61 +301,114 @@ def _family_plans(scale: Scale) -> list[StudyPlan]:
     )
 
 
+def _tuned_lr(records: Sequence[RunRecord], workload: str, optimizer: str) -> float | None:
+    """The learning rate the fair comparison selected for ``optimizer`` on ``workload`` (its final
+    runs'), or None before those runs exist."""
+    finals = [
+        r
+        for r in records
+        if r.tag == FAIR_TAG and r.workload == workload and r.optimizer == optimizer and r.phase == "final"
+    ]
+    return float(finals[0].hparams["lr"]) if finals else None
+
+
+def _scale_plans(scale: Scale, records: Sequence[RunRecord]) -> list[StudyPlan]:
+    """Section 8: Adam and diffGrad at their tuned learning rates, the loss multiplied by each scale."""
+    plans = []
+    for w in scale.scale_workloads:
+        workload = build_workload(w, {})
+        for opt in SCALE_OPTIMIZERS:
+            lr = _tuned_lr(records, w, opt)
+            if lr is None:
+                continue
+            plans += [
+                plan_study(
+                    workload,
+                    opt,
+                    protocol="paper",
+                    seeds=scale.fair_seeds,
+                    hparams={"lr": lr},
+                    steps=scale.fair_steps,
+                    schedule="step",
+                    tag=SCALE_TAG,
+                    loss_scale=s,
+                )
+                for s in LOSS_SCALES
+            ]
+    return plans
+
+
 # ------------------------------------------------------------------------------- 1-D functions
 
 
 def _one_d_trajectories(storage: Any) -> dict[str, dict[str, dict]]:
     return {
         fn: {
-            opt: stored_trajectory(storage, fn, opt, steps=ONE_D_STEPS, **ONE_D_HPARAMS)
+            opt: stored_trajectory(storage, fn, opt, steps=paper.ONE_D_STEPS, **paper.ONE_D_HPARAMS)
             for opt in ("adam", "diffgrad", *FRICTION_OPTIMIZERS)
         }
-        for fn in ONE_D_FUNCTIONS
+        for fn in paper.ONE_D_FUNCTIONS
     }
 
 
-def _nearest_minimum(fn: str, x: float) -> tuple[str, float]:
+def _total_variation(xs: Sequence[Sequence[float]]) -> float:
+    return sum(abs(b[0] - a[0]) for a, b in itertools.pairwise(xs))
+
+
+def _one_d_run(xs: Sequence[Sequence[float]]) -> cl.OneD:
+    """Where θ ended, its total variation over the last two thirds (how much it still oscillates) and
+    over the last tenth (whether the horizon cut it short)."""
+    return cl.OneD(
+        final=xs[-1][0],
+        oscillation=_total_variation(xs[len(xs) // 3 :]),
+        last_motion=_total_variation(xs[-max(2, len(xs) // 10) :]),
+    )
+
+
+def _ended_at(fn: str, xs: Sequence[Sequence[float]], losses: Sequence[float]) -> str:
+    """What happened to a run: diverged, did not move, or the minimum it ended at (if any)."""
+    at = divergence_index(xs, losses)  # a NaN θ is near no minimum
+    if at is not None:
+        return f"diverged at iteration {at}"
+    if _total_variation(xs) <= ONE_D_TOLERANCE:
+        return f"did not move from θ₀ = {xs[0][0]:g}"
     minima = FUNCTIONS[fn].minima
+    x = xs[-1][0]
     index = min(range(len(minima)), key=lambda i: abs(minima[i][0] - x))
-    return ("global" if index == 0 else "local"), minima[index][0]
+    if abs(minima[index][0] - x) > ONE_D_TOLERANCE:
+        return "no minimum"
+    return f"{'global' if index == 0 else 'local'} minimum ({minima[index][0]:g})"
 
 
-def _oscillation(xs: list[list[float]]) -> float:
-    """Total variation of θ over the last two thirds of the run: how much it still moves."""
-    tail = [x[0] for x in xs[len(xs) // 3 :]]
-    return sum(abs(b - a) for a, b in itertools.pairwise(tail))
-
-
-def one_d_section(plot_dir: Path, storage: Any) -> tuple[list[Section], list[Claim]]:
+def one_d_section(plot_dir: Path, storage: Any) -> Built:
     """Sec. V, Fig. 4: Adam and diffGrad (and every friction variant) on F1, F2, F3."""
     runs = _one_d_trajectories(storage)
     images, rows = [], []
     for fn, by_opt in runs.items():
         curves = {opt: (t["xs"], t["losses"]) for opt, t in by_opt.items()}
+        domain = FUNCTIONS[fn].domain
         path = plots.plot_trajectories(
             fn,
             {k: curves[k] for k in ("adam", "diffgrad")},
             plot_dir / f"1d-{fn}.png",
             fn=FUNCTIONS[fn].f,
-            domain=FUNCTIONS[fn].domain,
+            domain=domain,
         )
         images.append(Image(path, f"{fn}: θ and F(θ) per iteration, Adam and diffGrad (the paper's Fig. 4)"))
         path = plots.plot_trajectories(
-            fn, curves, plot_dir / f"1d-{fn}-variants.png", fn=FUNCTIONS[fn].f, domain=FUNCTIONS[fn].domain
+            fn, curves, plot_dir / f"1d-{fn}-variants.png", fn=FUNCTIONS[fn].f, domain=domain
         )
         images.append(Image(path, f"{fn}: every friction variant"))
         for opt, t in by_opt.items():
-            x = t["xs"][-1][0]
-            kind, where = _nearest_minimum(fn, x)
-            at = divergence_index(t["xs"], t["losses"])  # a NaN θ is near no minimum
+            run = _one_d_run(t["xs"])
             rows.append(
                 [
                     fn,
                     opt,
-                    f"{x:.4f}",
+                    f"{run.final:.4f}",
                     f"{t['losses'][-1]:.3g}",
-                    f"{kind} ({where:g})" if at is None else f"none: diverged at iteration {at}",
-                    f"{_oscillation(t['xs']):.3g}",
+                    _ended_at(fn, t["xs"], t["losses"]),
+                    f"{run.oscillation:.3g}",
                 ]
             )
     two_d = trajectory_sections(
@@ -451,43 +421,43 @@ def one_d_section(plot_dir: Path, storage: Any) -> tuple[list[Section], list[Cla
         title="2-D functions",
         note="Adam and diffGrad at one shared setting: an illustration, not evidence.",
     )
+    hp = paper.ONE_D_HPARAMS
     text = (
-        f"Settings as in the paper for both optimizers: lr {ONE_D_HPARAMS['lr']}, β = {ONE_D_HPARAMS['betas']}, "
-        f"ε = {ONE_D_HPARAMS['eps']}, θ₀ = −1, {ONE_D_STEPS} iterations, g₀ = 0, F2 with its correct derivative "
-        "(autograd). *Oscillation* is the total variation of θ over the last 200 iterations.\n\n"
-        + format_table(["function", "optimizer", "final θ", "F(θ)", "nearest minimum", "oscillation"], rows)
+        f"Settings as in the paper for both optimizers: lr {hp['lr']}, β = {hp['betas']}, ε = {hp['eps']}, θ₀ = −1, "
+        f"{paper.ONE_D_STEPS} iterations, g₀ = 0, F2 with its correct derivative (autograd). *Oscillation* is the "
+        f"total variation of θ over the last 200 iterations; *ended at* names a minimum only within "
+        f"{ONE_D_TOLERANCE:g} of it.\n\n"
+        + format_table(["function", "optimizer", "final θ", "F(θ)", "ended at", "oscillation"], rows)
         + "\n\nOn a one-element parameter ν = 0, so DFC3, DFC4 and DFC5 coincide there: ξ = sigmoid(−μ) = "
         "sigmoid(−|g_t|) < 0.5 (see the reading of μ, ν in `diffgrad.optim.friction`). "
         "The 2-D functions below are for looking at, not for judging optimizers."
     )
-    final = {(r[0], r[1]): float(r[2]) for r in rows}
-    osc = {(r[0], r[1]): float(r[5]) for r in rows}
-
-    def ends_at(fn: str, opt: str, where: float) -> bool:
-        return abs(final[(fn, opt)] - where) < 0.01
-
-    claims = []
+    found, headlines = [], []
     for fn in ("F1", "F2"):
         glob, local = FUNCTIONS[fn].minima[0][0], FUNCTIONS[fn].minima[1][0]
-        held = ends_at(fn, "diffgrad", glob) and not ends_at(fn, "adam", glob)
-        claims.append(
-            Claim(
-                f"{fn}: diffGrad reaches the global minimum ({glob:g}) where Adam overshoots into a local one",
-                "held" if held else "did not hold",
-                f"final θ: diffGrad {final[(fn, 'diffgrad')]:.4f}, Adam {final[(fn, 'adam')]:.4f} (local minimum {local:g})",
+        d, a = _one_d_run(runs[fn]["diffgrad"]["xs"]), _one_d_run(runs[fn]["adam"]["xs"])
+        found.append(
+            cl.overshoot_claim(
+                f"{fn}: diffGrad reaches the global minimum ({glob:g}) where Adam overshoots into a local one ({local:g})",
+                d,
+                a,
+                global_min=glob,
+                tolerance=ONE_D_TOLERANCE,
             )
         )
-    both = ends_at("F3", "diffgrad", 0.0) and ends_at("F3", "adam", 0.0)
-    calmer = osc[("F3", "diffgrad")] < osc[("F3", "adam")]
-    claims.append(
-        Claim(
+        headlines.append(f"{fn}: final θ diffGrad {d.final:.4f}, Adam {a.final:.4f} (global minimum {glob:g}).")
+    d, a = _one_d_run(runs["F3"]["diffgrad"]["xs"]), _one_d_run(runs["F3"]["adam"]["xs"])
+    found.append(
+        cl.calmer_claim(
             "F3: both reach the global minimum 0 and diffGrad oscillates less",
-            "held" if both and calmer else "did not hold",
-            f"final θ: diffGrad {final[('F3', 'diffgrad')]:.4f}, Adam {final[('F3', 'adam')]:.4f}; oscillation "
-            f"diffGrad {osc[('F3', 'diffgrad')]:.3g}, Adam {osc[('F3', 'adam')]:.3g}",
+            d,
+            a,
+            global_min=0.0,
+            tolerance=ONE_D_TOLERANCE,
         )
     )
-    return [Section("1. The 1-D functions (Sec. V, Eq. 24–26)", text, images), *_nested(two_d)], claims
+    headlines.append(f"F3: oscillation diffGrad {d.oscillation:.3g}, Adam {a.oscillation:.3g}.")
+    return Built([Section("1. The 1-D functions (Sec. V, Eq. 24–26)", text, images), *_nested(two_d)], found, headlines)
 
 
 # -------------------------------------------------------------------------------------- regret
@@ -497,7 +467,9 @@ def _regret_curve(storage: Any, problem: str, optimizer: str, horizon: int) -> l
     """R(t)/t at log-spaced t, computed once and kept in the results database."""
 
     def compute() -> list[float]:
-        curve = average_regret(PROBLEMS[problem], lambda ps: create_optimizer(optimizer, ps, **REGRET_HPARAMS), horizon)
+        curve = average_regret(
+            PROBLEMS[problem], lambda ps: create_optimizer(optimizer, ps, **paper.REGRET_HPARAMS), horizon
+        )
         return [float(curve[t - 1]) for t in _log_points(horizon)]
 
     return artifact(storage, f"regret/{problem}/{optimizer}/T={horizon}", compute)
@@ -517,10 +489,10 @@ def _slope(ts: Sequence[int], values: Sequence[float]) -> float | None:
     return sum((x - mx) * (y - my) for x, y in pts) / sum((x - mx) ** 2 for x, _ in pts)
 
 
-def regret_section(plot_dir: Path, horizon: int, storage: Any) -> tuple[list[Section], list[Claim]]:
+def regret_section(plot_dir: Path, horizon: int, storage: Any) -> Built:
     """Sec. IV: average regret R(T)/T against T, on log axes, for diffGrad, Adam and AMSGrad."""
     ts = _log_points(horizon)
-    images, rows, claims = [], [], []
+    images, rows, found, headlines = [], [], [], []
     for problem in PROBLEMS.values():
         curves = {opt: _regret_curve(storage, problem.name, opt, horizon) for opt in REGRET_OPTIMIZERS}
         positive = {o: ([t for t, v in zip(ts, c) if v > 0], [v for v in c if v > 0]) for o, c in curves.items()}
@@ -534,210 +506,279 @@ def regret_section(plot_dir: Path, horizon: int, storage: Any) -> tuple[list[Sec
                     ylabel="R(T)/T",
                     logx=True,
                     logy=True,
+                    reference_slope=-0.5,
                 ),
-                f"{problem.name}: average regret (positive values; log axes); O(1/√T) is a line of slope −½",
+                f"{problem.name}: average regret (positive values; log axes), with a dashed line of slope −½ (O(1/√T))",
             )
         )
         for opt, curve in curves.items():
             slope = _slope(ts, curve)
             rows.append([problem.name, opt, f"{curve[-1]:.4g}", "n/a" if slope is None else f"{slope:.2f}"])
         slope = _slope(ts, curves["diffgrad"])
-        verdict = "inconclusive" if slope is None else ("held" if slope <= -0.4 else "did not hold")
-        claims.append(
-            Claim(
-                f"Regret: diffGrad's average regret falls like O(1/√T) on {problem.name}",
-                verdict,
-                f"R(T)/T at T = {horizon:,}: {curves['diffgrad'][-1]:.4g}; fitted slope over the last decade "
-                + ("n/a (not positive there)" if slope is None else f"{slope:.2f} (−0.5 expected; held if ≤ −0.4)"),
+        found.append(
+            cl.rate_claim(
+                f"Regret, {problem.name}: diffGrad's average regret R(T)/T falls as O(1/√T) (Sec. IV)",
+                slope,
+                horizon,
+                tolerance=REGRET_RATE_TOLERANCE,
+                min_horizon=REGRET_MIN_HORIZON,
             )
         )
+        shown = "n/a" if slope is None else f"{slope:.2f}"
+        headlines.append(
+            f"Regret on {problem.name}: diffGrad's fitted slope {shown} at T = {horizon:,} (O(1/√T) is −0.5)."
+        )
     text = (
-        f"Online convex problems, stepping with α_t = {REGRET_HPARAMS['lr']}/√t and β = {REGRET_HPARAMS['betas']}, "
-        f"projected onto the feasible box after every step, horizon T = {horizon:,}. The slope is fitted to "
-        "log R(T)/T against log T over the last decade of T.\n\n"
+        f"Online convex problems (docs/paper.md §4), step size lr/√t with lr = {paper.REGRET_HPARAMS['lr']}, "
+        f"β = {paper.REGRET_HPARAMS['betas']}, horizon T = {horizon:,}. The *slope* is fitted to log R(T)/T "
+        "against log T over the last decade of T; a slope of −0.5 is the rate O(1/√T) of the paper's bound.\n\n"
         + format_table(["problem", "optimizer", "R(T)/T at the horizon", "slope (last decade)"], rows)
     )
-    return [Section("2. Regret (Sec. IV)", text, images)], claims
+    return Built([Section("2. Regret (Sec. IV)", text, images)], found, headlines)
 
 
 # ------------------------------------------------------------------------------------- tables
 
 
-def _scores(records: Sequence[RunRecord], dataset: PaperDataset, optimizer: str, tag: str) -> tuple[MeanCI, str]:
-    """Test accuracy (%) of the final runs of one paper-protocol study, and where it came from."""
-    runs = [
+def _final_runs(records: Sequence[RunRecord], workload: str, optimizer: str, tag: str) -> list[RunRecord]:
+    return [
         r
         for r in records
-        if r.workload == dataset.workload and r.optimizer == optimizer and r.tag == tag and r.phase == "final"
+        if r.workload == workload and r.optimizer == optimizer and r.tag == tag and r.phase == "final"
     ]
-    values = [100 * r.test_metric if r.test_metric is not None else math.nan for r in runs]
-    source = f"{runs[0].study}#{','.join(str(r.trial_number) for r in runs)}" if runs else "missing"
-    return mean_ci(values), source
 
 
-def _fmt(ci: MeanCI) -> str:
-    if ci.n == 0 or math.isnan(ci.mean):
-        return "n/a"
-    return f"{ci.mean:.2f}" if ci.n == 1 or math.isnan(ci.half_width) else f"{ci.mean:.2f} ± {ci.half_width:.2f}"
+def _accuracy(records: Sequence[RunRecord], dataset: PaperDataset, optimizer: str, tag: str) -> MeanCI:
+    """Test accuracy (%) of the final runs of one paper-protocol study, over seeds."""
+    runs = _final_runs(records, dataset.workload, optimizer, tag)
+    return mean_ci([100 * r.test_metric if r.test_metric is not None else math.nan for r in runs])
+
+
+def _by_seed(runs: Sequence[RunRecord], value: Callable[[RunRecord], float | None]) -> dict[int, float]:
+    values = {r.seed: value(r) for r in runs}
+    return {seed: v for seed, v in values.items() if v is not None and math.isfinite(v)}
 
 
 def _dataset_caption(dataset: PaperDataset) -> str:
+    name = paper.DATASET_NAMES[dataset.paper]
     if dataset.standin:
-        return f"`{dataset.workload}`, the offline stand-in for {DATASET_NAMES[dataset.paper]} (not CIFAR: numbers are not comparable)"
-    return f"`{dataset.workload}` (ResNet-50) on the real {DATASET_NAMES[dataset.paper]}"
+        return f"`{dataset.workload}`, the offline stand-in for {name} (not CIFAR: numbers are not comparable)"
+    return f"`{dataset.workload}` (ResNet-50) on the real {name}"
 
 
-def table1_section(
-    records: Sequence[RunRecord], datasets: Sequence[PaperDataset], plot_dir: Path, url: str
-) -> tuple[list[Section], list[Claim]]:
+def _where(ds: PaperDataset) -> str:
+    return ds.workload + (f" (stand-in for {paper.DATASET_NAMES[ds.paper]})" if ds.standin else "")
+
+
+def _batch_rankings(cells: dict[tuple[str, int], MeanCI], names: Sequence[str]) -> list[Ranking]:
+    """The test accuracies of ``names`` at each batch size of a paper-protocol table."""
+    return [Ranking(f"batch {bs}", {n: cells[(n, bs)] for n in names}, True) for bs in paper.BATCH_SIZES]
+
+
+def table1_section(records: Sequence[RunRecord], datasets: Sequence[PaperDataset], plot_dir: Path, url: str) -> Built:
     """Table I: every optimizer at batch sizes 32/64/128, next to the paper's values."""
-    parts, claims = [], []
+    parts, found, headlines = [], [], []
     for ds in datasets:
         rows = []
         cells: dict[tuple[str, int], MeanCI] = {}
         for opt in TABLE1_OPTIMIZERS + CONTROLS:
             row = [opt]
-            for i, bs in enumerate(BATCH_SIZES):
-                ci, _ = _scores(records, ds, opt, f"paper-bs{bs}")
-                cells[(opt, bs)] = ci
-                paper = PAPER_TABLE1[ds.paper].get(opt)
-                row.append(_fmt(ci) + (f" ({paper[i]:.2f})" if paper else ""))
+            for i, bs in enumerate(paper.BATCH_SIZES):
+                cells[(opt, bs)] = ci = _accuracy(records, ds, opt, _paper_tag(bs))
+                published = paper.TABLE1[ds.paper].get(opt)
+                row.append(fmt_ci(ci) + (f" ({published[i]:.2f})" if published else ""))
             rows.append(row)
         parts.append(
             f"**{_dataset_caption(ds)}** — test accuracy (%), mean ± 95 % CI over the seeds; "
-            f"the paper's {DATASET_NAMES[ds.paper]} value in brackets.\n\n"
-            + format_table(["optimizer", *(f"batch {b}" for b in BATCH_SIZES)], rows)
+            f"the paper's {paper.DATASET_NAMES[ds.paper]} value in brackets.\n\n"
+            + format_table(["optimizer", *(f"batch {b}" for b in paper.BATCH_SIZES)], rows)
         )
-        claims += _table1_claims(ds, cells)
-    curves = learning_curve_sections(Results.load(url, tag="paper-bs128"), plot_dir)
+        found += _table1_claims(ds, cells, records)
+        bs = paper.BATCH_SIZES[-1]
+        headlines.append(
+            f"Table I protocol on {_where(ds)}, batch {bs}, test accuracy (%): "
+            + ", ".join(
+                f"{o} {fmt_ci(cells[(o, bs)])}" for o in ("diffgrad", "adam", "adam-half-lr", "diffgrad-published")
+            )
+            + "."
+        )
+    curves = learning_curve_sections(Results.load(url, tag=_paper_tag(paper.BATCH_SIZES[-1])), plot_dir)
     text = (
         "The paper's protocol (docs/paper.md §6): lr 1e-3 for every optimizer, ×0.1 at 80 % of training, PyTorch "
         "defaults otherwise (SGDM momentum 0.9), batch sizes 32/64/128, top-1 accuracy on the test split. "
         "`diffgrad-published` reproduces the published code's aliasing bug (ξ = 0.5 after step 1) and "
         "`adam-half-lr` is Adam at lr/2, the control for it.\n\n" + "\n\n".join(parts)
     )
-    return [Section("3. Table I protocol (Sec. VI)", text), *_nested(curves)], claims
+    return Built([Section("3. Table I protocol (Sec. VI)", text), *_nested(curves)], found, headlines)
 
 
-def _table1_claims(ds: PaperDataset, cells: dict[tuple[str, int], MeanCI]) -> list[Claim]:
-    where = f"{ds.workload}" + (f" (stand-in for {DATASET_NAMES[ds.paper]})" if ds.standin else "")
-    rankings = {bs: _batch_ranking(ds, cells, TABLE1_OPTIMIZERS, bs) for bs in BATCH_SIZES}
-    verdicts = {bs: r.best_verdict("diffgrad") for bs, r in rankings.items()}
-    gaps = [_mean(cells[("diffgrad", bs)]) - _mean(cells[("diffgrad-published", bs)]) for bs in BATCH_SIZES]
-    twins = [abs(_mean(cells[("diffgrad-published", bs)]) - _mean(cells[("adam-half-lr", bs)])) for bs in BATCH_SIZES]
+def _table1_claims(ds: PaperDataset, cells: dict[tuple[str, int], MeanCI], records: Sequence[RunRecord]) -> list[Claim]:
+    where = _where(ds)
+    rankings = _batch_rankings(cells, TABLE1_OPTIMIZERS)
+    controls = _batch_rankings(cells, ("diffgrad", *CONTROLS))
+    bs = paper.BATCH_SIZES[-1]
+    accuracy = lambda opt: _by_seed(_final_runs(records, ds.workload, opt, _paper_tag(bs)), lambda r: r.test_metric)  # noqa: E731
     return [
-        Claim(
-            f"Table I on {where}: diffGrad has the best accuracy at every batch size",
-            _every(list(verdicts.values())),
-            "; ".join(f"batch {bs}: {_standing(r, 'diffgrad')}: {verdicts[bs]}" for bs, r in rankings.items())
-            + f" ({CI_RULE})",
+        cl.best_claim(f"Table I on {where}: diffGrad has the best accuracy at every batch size", rankings, "diffgrad"),
+        cl.better_claim(
+            f"Published code on {where}: diffGrad as specified beats the published code's behaviour at every batch size",
+            controls,
+            "diffgrad",
+            "diffgrad-published",
         ),
-        Claim(
-            f"Published-code effect on {where}: correct diffGrad minus the published code's behaviour",
-            "measured",
-            "accuracy gap (points) at batch 32/64/128: "
-            + " / ".join(f"{g:+.2f}" for g in gaps)
-            + "; published code vs Adam at lr/2: "
-            + " / ".join(f"{t:.2f}" for t in twins)
-            + " apart",
+        cl.equivalent_claim(
+            f"Published code on {where}: its behaviour is Adam at lr/2 (batch {bs}, test accuracy within "
+            f"±{METRIC_TOLERANCE:g})",
+            accuracy("diffgrad-published"),
+            accuracy("adam-half-lr"),
+            tolerance=METRIC_TOLERANCE,
         ),
     ]
 
 
-def _mean(ci: MeanCI) -> float:
-    return ci.mean if ci.n else math.nan
-
-
-def variants_section(
-    records: Sequence[RunRecord], datasets: Sequence[PaperDataset]
-) -> tuple[list[Section], list[Claim]]:
+def variants_section(records: Sequence[RunRecord], datasets: Sequence[PaperDataset]) -> Built:
     """Table II (friction variants) and Table III (activations) under the Table I protocol."""
-    parts, claims = [], []
+    parts, found = [], []
     for ds in datasets:
         rows, cells = [], {}
         for opt in ("diffgrad", *FRICTION_OPTIMIZERS):
             row = [opt]
-            for bs in BATCH_SIZES:
-                ci, _ = _scores(records, ds, opt, f"paper-bs{bs}")
-                cells[(opt, bs)] = ci
-                best = PAPER_TABLE2_BEST.get((ds.paper, bs))
-                row.append(_fmt(ci) + (f" (paper's best: {best[1]:.2f})" if best and best[0] == opt else ""))
+            for bs in paper.BATCH_SIZES:
+                cells[(opt, bs)] = ci = _accuracy(records, ds, opt, _paper_tag(bs))
+                best = paper.TABLE2_BEST.get((ds.paper, bs))
+                row.append(fmt_ci(ci) + (f" (paper's best: {best[1]:.2f})" if best and best[0] == opt else ""))
             rows.append(row)
         parts.append(
             f"**Table II, {_dataset_caption(ds)}** — test accuracy (%); the paper reports only each "
             "column's best variant, shown in brackets where it is.\n\n"
-            + format_table(["friction", *(f"batch {b}" for b in BATCH_SIZES)], rows)
+            + format_table(["friction", *(f"batch {b}" for b in paper.BATCH_SIZES)], rows)
         )
-        claims.append(_table2_claim(ds, cells))
+        found.append(_table2_claim(ds, cells))
         if ds.paper != "cifar10":
             continue
         rows, cells = [], {}
-        for act in ACTIVATIONS:
+        for act in paper.ACTIVATIONS:
             row = [act]
-            for i, bs in enumerate(BATCH_SIZES):
-                tag = f"paper-bs{bs}" + ("" if act == "relu" else f"-{act}")
-                ci, _ = _scores(records, ds, "diffgrad", tag)
-                cells[(act, bs)] = ci
-                row.append(f"{_fmt(ci)} ({PAPER_TABLE3[act][i]:.2f})")
+            for i, bs in enumerate(paper.BATCH_SIZES):
+                cells[(act, bs)] = ci = _accuracy(records, ds, "diffgrad", _paper_tag(bs, act))
+                row.append(f"{fmt_ci(ci)} ({paper.TABLE3[act][i]:.2f})")
             rows.append(row)
         parts.append(
             f"**Table III, {_dataset_caption(ds)}** — diffGrad's test accuracy (%) per activation; "
             "the paper's CIFAR-10 value in brackets.\n\n"
-            + format_table(["activation", *(f"batch {b}" for b in BATCH_SIZES)], rows)
+            + format_table(["activation", *(f"batch {b}" for b in paper.BATCH_SIZES)], rows)
         )
-        claims.append(_table3_claim(ds, cells))
-    return [Section("4. Friction variants (Table II) and activations (Table III)", "\n\n".join(parts))], claims
+        found.append(_table3_claim(ds, cells))
+    return Built([Section("4. Friction variants (Table II) and activations (Table III)", "\n\n".join(parts))], found)
 
 
 def _table2_claim(ds: PaperDataset, cells: dict[tuple[str, int], MeanCI]) -> Claim:
     """At each batch size, some friction variant better than the default DFC (Eq. 19)."""
-    evidence, verdicts = [], []
-    for bs in BATCH_SIZES:
-        r = _batch_ranking(ds, cells, ("diffgrad", *FRICTION_OPTIMIZERS), bs)
-        verdicts.append(_some([OUTCOME_VERDICTS[r.versus(v, "diffgrad")] for v in FRICTION_OPTIMIZERS]))
-        lead = next(o for o in r.ranked if o != "diffgrad")
-        evidence.append(
-            f"batch {bs}: best variant {lead} {fmt_ci(r.scores[lead])}, DFC "
-            f"{fmt_ci(r.scores['diffgrad'])}: {verdicts[-1]}"
-        )
-    return Claim(
+    return cl.some_better_claim(
         f"Table II on {ds.workload}: some friction variant beats the default DFC at each batch size",
-        _every(verdicts),
-        "; ".join(evidence) + f" ({CI_RULE})",
+        _batch_rankings(cells, ("diffgrad", *FRICTION_OPTIMIZERS)),
+        FRICTION_OPTIMIZERS,
+        "diffgrad",
     )
 
 
 def _table3_claim(ds: PaperDataset, cells: dict[tuple[str, int], MeanCI]) -> Claim:
     """At each batch size, diffGrad with LeakyReLU(0.1) better than with ReLU."""
-    evidence, verdicts = [], []
-    for bs in BATCH_SIZES:
-        r = _batch_ranking(ds, cells, ACTIVATIONS, bs)
-        outcome = r.versus("leaky_relu", "relu")
-        verdicts.append(OUTCOME_VERDICTS[outcome])
-        evidence.append(
-            f"batch {bs}: leaky_relu {fmt_ci(r.scores['leaky_relu'])}, relu {fmt_ci(r.scores['relu'])}: {outcome}"
-        )
-    return Claim(
+    return cl.better_claim(
         f"Table III on {ds.workload}: LeakyReLU(0.1) beats ReLU with diffGrad",
-        _every(verdicts),
-        "; ".join(evidence) + f" ({CI_RULE})",
+        _batch_rankings(cells, paper.ACTIVATIONS),
+        "leaky_relu",
+        "relu",
     )
 
 
-def _batch_ranking(
-    ds: PaperDataset, cells: dict[tuple[str, int], MeanCI], names: Sequence[str], batch_size: int
-) -> Ranking:
-    """The test accuracies of ``names`` at one batch size of a paper-protocol table."""
-    return Ranking(f"{ds.workload} batch {batch_size}", {n: cells[(n, batch_size)] for n in names}, True)
+# ------------------------------------------------------------------------------------ friction
+
+
+def _friction_rows(label: str, runs: Sequence[RunRecord]) -> list[list[str]]:
+    """One table row per group: ξ's mean, 5–95 % range and share within 0.01 of ½, over a study's runs
+    (averaged over seeds and over the run's evaluations)."""
+    curves = friction_curves([r.friction for r in runs if r.friction])
+    return [
+        [
+            label,
+            group,
+            f"{_average(c['mean']):.4f}",
+            f"{_average(c['q05']):.4f} – {_average(c['q95']):.4f}",
+            f"{_average(c['near_half']):.1%}",
+        ]
+        for group, c in curves.items()
+    ]
+
+
+def _average(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+def friction_section(records: Sequence[RunRecord], datasets: Sequence[PaperDataset], plot_dir: Path) -> Built:
+    """ξ over training for diffGrad and its friction variants under the Table I protocol."""
+    images, rows, shares, headlines = [], [], {}, []
+    for ds in datasets:
+        for bs in paper.BATCH_SIZES:
+            tag = _paper_tag(bs)
+            by_opt = {opt: _final_runs(records, ds.workload, opt, tag) for opt in ("diffgrad", *FRICTION_OPTIMIZERS)}
+            curves = {opt: friction_curves([r.friction for r in runs if r.friction]) for opt, runs in by_opt.items()}
+            curves = {opt: c for opt, c in curves.items() if c}
+            for opt, runs in by_opt.items():
+                rows += _friction_rows(f"{opt}, batch {bs}", runs)
+            for r in by_opt["diffgrad"]:
+                share = near_half_share(r.friction)
+                if share is not None:
+                    shares[f"{ds.workload} batch {bs} seed {r.seed}"] = share
+            if bs == paper.BATCH_SIZES[-1] and curves:
+                path = plots.plot_friction(
+                    curves, plot_dir / f"friction-{ds.workload}-bs{bs}.png", title=f"{ds.workload}, batch {bs}"
+                )
+                images.append(
+                    Image(
+                        path,
+                        f"{_where(ds)}, batch {bs}: ξ over training for diffGrad and each friction variant "
+                        "(line: mean over elements, dashed: median, band: 5–95 %; averaged over seeds), "
+                        "over all parameters and per layer kind",
+                    )
+                )
+    claim = cl.near_half_claim(
+        "Lab finding: under the paper's protocol diffGrad's friction stays at ξ ≈ ½, so it steps like Adam at lr/2",
+        shares,
+    )
+    if shares:
+        headlines.append(
+            f"Friction under the paper's protocol: {min(shares.values()):.1%}–{max(shares.values()):.1%} of "
+            "diffGrad's elements have |ξ − ½| ≤ 0.01, averaged over each run's evaluations."
+        )
+    text = (
+        "The friction ξ_t that each step applied (Eq. 18–19), read from the optimizer at every evaluation of the "
+        "Table I runs (`diffgrad.optim.record_friction`): its mean, 5–95 % range and the share of elements within "
+        "0.01 of ½, over all parameters (*all*) and per layer kind, averaged over each run's evaluations and over "
+        "seeds. With ξ = ½ diffGrad's step is exactly Adam's at half the learning rate (Eq. 20): the friction "
+        "only acts where |g_{t−1} − g_t| is not small next to 1, and a network's per-element gradients change by "
+        "far less than that. How far ξ moves therefore depends on the scale of the loss (section 8).\n\n"
+        + (
+            format_table(["run", "parameters", "mean ξ", "ξ 5–95 %", "|ξ − ½| ≤ 0.01"], rows, align="llrrr")
+            if rows
+            else "No run recorded ξ (databases written before the friction was recorded)."
+        )
+    )
+    return Built([Section("5. The friction ξ in training", text, images)], [claim], headlines)
 
 
 # ---------------------------------------------------------------------------- tuned comparisons
 
 
+def _ranking(problem: Problem) -> Ranking:
+    scores = {c.optimizer: mean_ci([r.test_metric for r in c.final]) for c in problem.finished}
+    return Ranking(problem.workload, scores, problem.info is None or problem.info.higher_is_better)
+
+
 def _tuned_comparison(url: str, tag: str, plot_dir: Path) -> tuple[list[Ranking], list[Section]]:
     """The rankings of the tuned studies tagged ``tag``, and their summary and performance-profile sections."""
     results = Results.load(url, tag=tag)
-    rankings = [Ranking.of(p) for p in results.problems if p.finished]
+    rankings = [_ranking(p) for p in results.problems if p.finished]
     return rankings, summary_sections(results) + performance_profile_sections(results, plot_dir)
 
 
@@ -748,44 +789,37 @@ TUNED_PROTOCOL = (
 )
 
 
-def fair_section(url: str, plot_dir: Path) -> tuple[list[Section], list[Claim]]:
+def fair_section(url: str, plot_dir: Path) -> Built:
     """The tuned protocol across the offline workloads, with the performance profile."""
     rankings, subsections = _tuned_comparison(url, FAIR_TAG, plot_dir)
-    claims = [_fair_claim(r) for r in rankings if "diffgrad" in r.scores]
-    return [Section("5. Fair comparison: the tuned protocol", TUNED_PROTOCOL), *_nested(subsections)], claims
-
-
-def _fair_claim(ranking: Ranking) -> Claim:
-    return Claim(
-        f"Tuned, {ranking.workload}: diffGrad is the best tuned optimizer",
-        ranking.best_verdict("diffgrad"),
-        f"{_standing(ranking, 'diffgrad')} ({CI_RULE})",
+    rankings = [r for r in rankings if "diffgrad" in r.scores]
+    found = [_fair_claim(r) for r in rankings]
+    headlines = [f"Tuned, {r.workload}: {r.standing('diffgrad')}." for r in rankings]
+    return Built(
+        [Section("6. Fair comparison: the tuned protocol", TUNED_PROTOCOL), *_nested(subsections)], found, headlines
     )
 
 
+def _fair_claim(ranking: Ranking) -> Claim:
+    return cl.best_claim(f"Tuned, {ranking.workload}: diffGrad is the best tuned optimizer", [ranking], "diffgrad")
+
+
 def _family_claims(ranking: Ranking) -> list[Claim]:
-    claims = []
-    for member in (m for m in FAMILY_OPTIMIZERS if m in ranking.scores):
-        outcome = ranking.versus(member, "diffgrad")
-        claims.append(
-            Claim(
-                f"Tuned, {ranking.workload}: {member} beats plain diffGrad",
-                OUTCOME_VERDICTS[outcome],
-                f"{member} {fmt_ci(ranking.scores[member])} (rank {ranking.rank(member)} of {len(ranking.scores)}), "
-                f"diffgrad {fmt_ci(ranking.scores['diffgrad'])} (rank {ranking.rank('diffgrad')}): {outcome} ({CI_RULE})",
-            )
-        )
-    return claims
+    return [
+        cl.better_claim(f"Tuned, {ranking.workload}: {member} beats plain diffGrad", [ranking], member, "diffgrad")
+        for member in FAMILY_OPTIMIZERS
+        if member in ranking.scores
+    ]
 
 
-def family_section(url: str, plot_dir: Path) -> tuple[list[Section], list[Claim]]:
+def family_section(url: str, plot_dir: Path) -> Built:
     """The diffGrad family (docs/paper.md §8) against plain diffGrad and Adam under the tuned protocol."""
-    # performance_profile_sections gives its figure one fixed name: a folder of its own keeps section 5's.
+    # performance_profile_sections gives its figure one fixed name: a folder of its own keeps section 6's.
     rankings, subsections = _tuned_comparison(url, FAMILY_TAG, plot_dir / FAMILY_TAG)
     rankings = [r for r in rankings if "diffgrad" in r.scores]
-    rows, claims, best = [], [], []
+    rows, found, best = [], [], []
     for r in rankings:
-        claims += _family_claims(r)
+        found += _family_claims(r)
         best.append(f"`{r.workload}`: {r.ranked[0]} {fmt_ci(r.scores[r.ranked[0]])}")
         for opt in r.ranked:
             ci, lead = r.scores[opt], r.lead(opt, "diffgrad")
@@ -805,11 +839,11 @@ def family_section(url: str, plot_dir: Path) -> tuple[list[Section], list[Claim]
         f"{get_optimizer_spec(m).description}"
         for m in FAMILY_OPTIMIZERS
     )
-    counts = {v: sum(c.verdict == v for c in claims) for v in ("held", "did not hold", "inconclusive")}
+    counts = {v: sum(c.verdict == v for c in found) for v in cl.VERDICTS}
     text = (
         "Each member is diffGrad with one modifier of the follow-up papers switched on and every other option "
         "at its default (docs/paper.md §8); plain diffGrad and Adam run alongside under the same protocol as "
-        f"section 5. {TUNED_PROTOCOL} Trials, seeds and budget per workload are in the summary below.\n\n"
+        f"section 6. {TUNED_PROTOCOL} Trials, seeds and budget per workload are in the summary below.\n\n"
         f"{members}\n\n"
         + format_table(
             ["workload", "optimizer", "rank", "seeds", "test metric (mean ± 95 % CI)", "lead over diffgrad"],
@@ -818,22 +852,133 @@ def family_section(url: str, plot_dir: Path) -> tuple[list[Section], list[Claim]
         )
         + "\n\n*Lead over diffgrad* is the difference of the means in the metric's better direction; *better* "
         "or *worse* only when the two 95 % CIs are apart. "
-        f"Of {len(claims)} member–workload comparisons, {counts['held']} were better than plain diffGrad, "
-        f"{counts['did not hold']} worse and {counts['inconclusive']} not separated by the CIs. "
+        f"Of {len(found)} member–workload comparisons, {counts[cl.HELD]} were better than plain diffGrad, "
+        f"{counts[cl.NOT_HELD]} worse and {counts[cl.INCONCLUSIVE]} not separated by the CIs. "
         + ("Best mean per workload: " + "; ".join(best) + "." if best else "No finished runs with diffgrad yet.")
     )
-    return [Section("6. The diffGrad family: tuned protocol", text), *_nested(subsections)], claims
+    headlines = ["diffGrad family, best mean test metric per workload: " + "; ".join(best) + "."] if best else []
+    return Built([Section("7. The diffGrad family: tuned protocol", text), *_nested(subsections)], found, headlines)
+
+
+# ---------------------------------------------------------------------------------- loss scale
+
+
+def _mean_xi(record: RunRecord) -> float | None:
+    """ξ's mean over all elements, averaged over a run's evaluations; None when not recorded."""
+    means = [entry["groups"]["all"]["mean"] for entry in record.friction if "all" in entry["groups"]]
+    return sum(means) / len(means) if means else None
+
+
+def scale_section(records: Sequence[RunRecord], plot_dir: Path) -> Built:
+    """Adam and diffGrad at their tuned learning rates with the loss multiplied by 0.01, 1 and 100."""
+    runs = [r for r in records if r.tag == SCALE_TAG and r.phase == "final"]
+    images, rows, found, headlines = [], [], [], []
+    for workload in sorted({r.workload for r in runs}):
+        metric: dict[str, dict[float, dict[int, float]]] = {}
+        xis: dict[float, dict[int, float]] = {}
+        for opt in SCALE_OPTIMIZERS:
+            metric[opt] = {
+                s: _by_seed([r for r in runs if r.workload == workload and r.optimizer == opt and r.loss_scale == s],
+                            lambda r: r.test_metric)
+                for s in LOSS_SCALES
+            }  # fmt: skip
+            for s in LOSS_SCALES:
+                ci = mean_ci(metric[opt][s].values())
+                lr = next((r.hparams["lr"] for r in runs if r.workload == workload and r.optimizer == opt), math.nan)
+                row = [workload, opt, f"{lr:.3g}", f"{s:g}", fmt_ci(ci)]
+                if opt == "diffgrad":
+                    xis[s] = _by_seed(
+                        [r for r in runs if r.workload == workload and r.optimizer == opt and r.loss_scale == s],
+                        _mean_xi,
+                    )
+                    row.append(fmt_ci(mean_ci(xis[s].values())))
+                else:
+                    row.append("")
+                rows.append(row)
+        if not all(metric[o][1.0] for o in SCALE_OPTIMIZERS):
+            continue
+        found += [
+            cl.invariance_claim(
+                f"Loss scale, {workload}: Adam's test metric does not change when the loss is scaled",
+                metric["adam"],
+                tolerance=METRIC_TOLERANCE,
+            ),
+            cl.changes_claim(
+                f"Loss scale, {workload}: diffGrad's test metric changes when the loss is scaled",
+                metric["diffgrad"],
+                tolerance=METRIC_TOLERANCE,
+            ),
+            cl.changes_claim(
+                f"Loss scale, {workload}: diffGrad's mean friction ξ changes when the loss is scaled",
+                xis,
+                tolerance=XI_TOLERANCE,
+            ),
+        ]
+        summary = {
+            opt: {
+                "scale": list(LOSS_SCALES),
+                **_bands([mean_ci(metric[opt][s].values()) for s in LOSS_SCALES]),
+            }
+            for opt in SCALE_OPTIMIZERS
+        }
+        xi_summary = {
+            "diffgrad": {"scale": list(LOSS_SCALES), **_bands([mean_ci(xis[s].values()) for s in LOSS_SCALES])}
+        }
+        path = plots.plot_scale_sensitivity(
+            summary, plot_dir / f"loss-scale-{workload}.png", title=workload, metric_name="test metric", xi=xi_summary
+        )
+        images.append(
+            Image(path, f"{workload}: test metric (mean, 95 % CI) and diffGrad's mean ξ against the loss scale s")
+        )
+        headlines.append(
+            f"Loss scale on {workload}: diffGrad's mean ξ "
+            + " / ".join(f"{mean_ci(xis[s].values()).mean:.4f}" for s in LOSS_SCALES)
+            + f" at s = {' / '.join(f'{s:g}' for s in LOSS_SCALES)}; test metric diffGrad "
+            + " / ".join(fmt_ci(mean_ci(metric["diffgrad"][s].values())) for s in LOSS_SCALES)
+            + ", Adam "
+            + " / ".join(fmt_ci(mean_ci(metric["adam"][s].values())) for s in LOSS_SCALES)
+            + "."
+        )
+    text = (
+        "Adam's update m̂/(√v̂ + ε) does not change when the loss (so every gradient) is multiplied by a constant s, "
+        "up to ε; diffGrad's friction ξ = sigmoid(|g_{t−1} − g_t|) does, because |Δg| scales with s. Adam and "
+        "diffGrad train here at the learning rate the fair comparison (section 6) selected for them, with the loss "
+        f"multiplied by s ∈ {{{', '.join(f'{s:g}' for s in LOSS_SCALES)}}} and the same seeds as there (`diffgrad "
+        "compare --loss-scale S` runs one scale). Changes are per seed against s = 1; "
+        f"a change of the test metric within ±{METRIC_TOLERANCE:g} (of ξ: ±{XI_TOLERANCE:g}) counts as none.\n\n"
+        + (
+            format_table(
+                ["workload", "optimizer", "lr (tuned)", "s", "test metric", "diffGrad's mean ξ"], rows, align="llrrrr"
+            )
+            if rows
+            else "No loss-scale runs yet: they start once the fair comparison has selected its learning rates."
+        )
+    )
+    return Built([Section("8. Sensitivity to the loss scale", text, images)], found, headlines)
+
+
+def _bands(cis: Sequence[MeanCI]) -> dict[str, list[float]]:
+    return {
+        "mean": [c.mean for c in cis],
+        "lo": [c.mean - c.half_width if c.n > 1 else c.mean for c in cis],
+        "hi": [c.mean + c.half_width if c.n > 1 else c.mean for c in cis],
+    }
 
 
 # --------------------------------------------------------------------------------------- verdict
 
 
 def verdict_section(claims: Sequence[Claim]) -> Section:
-    counts = {v: sum(c.verdict == v for c in claims) for v in ("held", "did not hold", "inconclusive")}
+    counts = {v: sum(c.verdict == v for c in claims) for v in cl.VERDICTS}
     text = (
-        f"Generated from the numbers in the sections below: {counts['held']} claims held, "
-        f"{counts['did not hold']} did not, {counts['inconclusive']} inconclusive.\n\n"
-        + format_table(["claim", "verdict", "evidence"], [[c.claim, f"**{c.verdict}**", c.evidence] for c in claims])
+        f"Generated from the numbers in the sections below by the rules of `diffgrad.lab.claims`: "
+        f"{counts[cl.HELD]} claims held, {counts[cl.NOT_HELD]} did not, {counts[cl.INCONCLUSIVE]} inconclusive. "
+        "Each claim states its test; a comparison of trained runs holds or fails only when the 95 % confidence "
+        "intervals over seeds are apart, and is inconclusive with fewer than two seeds.\n\n"
+        + format_table(
+            ["claim", "verdict", "test", "evidence"],
+            [[c.statement, f"**{c.verdict}**", c.test, c.evidence] for c in claims],
+        )
     )
     return Section("Verdict", text)
 
@@ -848,7 +993,7 @@ def _intro(scale: Scale, datasets: Sequence[PaperDataset], url: str, records: Se
         lines.append(
             "No `--data-dir` was given, so Tables I–III run the paper's protocol on offline stand-in "
             "workloads ("
-            + ", ".join(f"`{d.workload}` for {DATASET_NAMES[d.paper]}" for d in datasets)
+            + ", ".join(f"`{d.workload}` for {paper.DATASET_NAMES[d.paper]}" for d in datasets)
             + "), not on CIFAR; the paper's values are printed next to them for reference only."
         )
     lines += list(scale.notes)

@@ -44,6 +44,7 @@ import dataclasses
 import inspect
 import json
 import logging
+import math
 import os
 import socket
 import sys
@@ -125,10 +126,13 @@ class StudyPlan:
     search_space: dict[str, LogUniform]
     schedule: str
     tag: str
+    loss_scale: float = 1.0  # the factor on the differentiated loss (train.train)
 
     @property
     def name(self) -> str:
-        return study_name(self.workload.name, self.optimizer, self.protocol, self.workload_options, self.tag)
+        return study_name(
+            self.workload.name, self.optimizer, self.protocol, self.workload_options, self.tag, self.loss_scale
+        )
 
     @property
     def runs(self) -> int:
@@ -152,14 +156,22 @@ class StudyPlan:
             tuning_budget=self.tuning_budget,
             seeds=list(self.seeds),
             hparams=dict(self.hparams),
+            loss_scale=self.loss_scale,
         )
 
 
 def study_name(
-    workload: str, optimizer: str, protocol: str, workload_options: Mapping[str, Any] | None = None, tag: str = ""
+    workload: str,
+    optimizer: str,
+    protocol: str,
+    workload_options: Mapping[str, Any] | None = None,
+    tag: str = "",
+    loss_scale: float = 1.0,
 ) -> str:
-    """``workload[key=value,...]/optimizer/protocol[/tag]``: readable, and the same for the same cell."""
-    options = ",".join(f"{key}={value}" for key, value in sorted((workload_options or {}).items()))
+    """``workload[key=value,...]/optimizer/protocol[/tag]``: readable, and the same for the same cell.
+    A loss scale other than 1 is listed with the options (``loss_scale=100``)."""
+    listed = {**(workload_options or {}), **({"loss_scale": f"{loss_scale:g}"} if loss_scale != 1.0 else {})}
+    options = ",".join(f"{key}={value}" for key, value in sorted(listed.items()))
     parts = [f"{workload}[{options}]" if options else workload, optimizer, protocol]
     return "/".join([*parts, tag] if tag else parts)
 
@@ -178,6 +190,7 @@ def plan_study(
     eval_every: int | None = None,
     schedule: str = "constant",
     tag: str = "",
+    loss_scale: float = 1.0,
 ) -> StudyPlan:
     """Validate one cell and return its plan; every problem raises :class:`ConfigError`.
 
@@ -186,7 +199,8 @@ def plan_study(
     label). ``budget`` is the number of tune trials (ignored by ``paper``), ``seeds`` the number of
     final runs. ``hparams`` override the optimizer's defaults (and the paper's lr); under ``tuned``
     they are also taken out of the search space. ``steps``, ``batch_size`` and ``eval_every``
-    override the workload's default budget.
+    override the workload's default budget. ``loss_scale`` multiplies the loss that is
+    differentiated (a positive, finite number).
     """
     options = dict(workload_options or {})
     workload = build_workload(workload, options)
@@ -203,6 +217,8 @@ def plan_study(
     ):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    if isinstance(loss_scale, bool) or not isinstance(loss_scale, (int, float)) or not 0 < loss_scale < math.inf:
+        raise ConfigError(f"loss_scale must be a positive, finite number, got {loss_scale!r}")
     default = workload.default_budget
     run_budget = Budget(
         steps=steps or default.steps,
@@ -235,6 +251,7 @@ def plan_study(
         search_space=space,
         schedule=schedule,
         tag=tag,
+        loss_scale=float(loss_scale),
     )
 
 
@@ -383,6 +400,8 @@ def _open_study(plan: StudyPlan, storage: optuna.storages.RDBStorage) -> optuna.
     wanted = _json(dataclasses.asdict(plan.info()))
     stored = study.user_attrs.get(INFO_KEY)
     if stored is not None:
+        # A field added since the study was created reads as its default (the plan it then ran).
+        stored = {**_json(dataclasses.asdict(StudyInfo(**{k: v for k, v in stored.items() if k in wanted}))), **stored}
         differs = sorted(k for k in wanted if k != "seeds" and stored.get(k) != wanted[k])
         if differs:
             changes = "; ".join(f"{k}: stored {stored.get(k)!r}, asked {wanted[k]!r}" for k in differs)
@@ -460,6 +479,7 @@ class _Objective:
             test=phase == FINAL,
             device=self.device,
             on_eval=on_eval,
+            loss_scale=self.plan.loss_scale,
         )
         record = RunRecord(
             study=self.plan.name,
@@ -471,6 +491,7 @@ class _Objective:
             tag=self.plan.tag,
             workload_options=dict(self.plan.workload_options),
             provenance=provenance,
+            loss_scale=self.plan.loss_scale,
             **dataclasses.asdict(result),
         )
         trial.set_user_attr(RECORD_KEY, record.to_attr())
@@ -720,6 +741,7 @@ def compare(
     eval_every: int | None = None,
     schedule: str = "constant",
     tag: str = "",
+    loss_scale: float = 1.0,
     device: str = "cpu",
     progress: bool = True,
     heartbeat_interval: int = DEFAULT_HEARTBEAT_INTERVAL,
@@ -746,6 +768,7 @@ def compare(
         eval_every=eval_every,
         schedule=schedule,
         tag=tag,
+        loss_scale=loss_scale,
     )
     if storage is None:
         try:

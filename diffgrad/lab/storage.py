@@ -45,6 +45,7 @@ class StudyInfo:
     tuning_budget: int = 0  # "tune" trials of the tuned protocol (0 for "paper")
     seeds: list[int] = field(default_factory=list)  # seeds of the "final" runs
     hparams: dict[str, Any] = field(default_factory=dict)  # fixed hyper-parameters (search space on top)
+    loss_scale: float = 1.0  # the factor on the differentiated loss (train.train)
 
 
 @dataclass
@@ -74,6 +75,8 @@ class RunRecord:
     tag: str = ""
     workload_options: dict[str, Any] = field(default_factory=dict)
     provenance: Provenance | None = None  # None in databases written before it was recorded
+    loss_scale: float = 1.0
+    friction: list[dict[str, Any]] = field(default_factory=list)  # ξ per evaluation (lab.diagnostics)
 
     def to_attr(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -5,6 +5,12 @@ weights and the order of batches depend only on the seed, every optimizer gets t
 rate schedule, gradients are freshly allocated each step (``zero_grad(set_to_none=True)``), and
 the run stops at the first non-finite loss.
 
+``loss_scale`` multiplies the training loss before the backward pass (so every gradient), for the
+loss-scale experiment: Adam's steps do not depend on it (up to ε), diffGrad's friction does. The
+recorded losses are the workload's own, unscaled. For diffGrad, the friction ξ of each step that
+is followed by an evaluation is recorded (:mod:`diffgrad.lab.diagnostics`); other steps run as they
+are.
+
 Timing follows AlgoPerf: ``wall_time`` and ``time_to_target`` count training time only (batches,
 forward, backward, optimizer step), not the evaluations, whose cost does not depend on the
 optimizer; ``total_wall_time`` is the whole run, evaluations included.
@@ -15,16 +21,18 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ConstantLR, LRScheduler, MultiStepLR
 
-from diffgrad.lab.registry import create_optimizer
+from diffgrad.lab.diagnostics import friction_summary
+from diffgrad.lab.registry import PublishedDiffGrad, create_optimizer
 from diffgrad.lab.workloads.base import Budget, Workload
+from diffgrad.optim import DiffGrad, record_friction
 
 __all__ = ["SCHEDULES", "RunResult", "make_schedule", "train", "worst_metric"]
 
@@ -70,6 +78,7 @@ class RunResult:
     time_to_target: float | None
     total_wall_time: float
     diverged: bool
+    friction: list[dict[str, Any]] = field(default_factory=list)  # ξ at each evaluation (diffGrad only)
 
 
 def worst_metric(workload: Workload) -> float:
@@ -100,6 +109,7 @@ def train(
     test: bool = False,
     device: str | torch.device = "cpu",
     on_eval: Callable[[int, float], None] | None = None,
+    loss_scale: float = 1.0,
 ) -> RunResult:
     """Train ``workload``'s model with optimizer ``optimizer_name`` for ``budget.steps`` steps.
 
@@ -107,7 +117,8 @@ def train(
     ``on_eval(step, val_metric)`` is called after each evaluation (progress bars, Optuna's
     ``trial.report``). ``test=True`` adds a final evaluation on the test split — only final runs
     ask for it, so selection never sees test. A non-finite training or validation loss stops the
-    run: it is marked diverged and its final scores are the workload's worst.
+    run: it is marked diverged and its final scores are the workload's worst. ``loss_scale``
+    multiplies the loss that is differentiated (not the recorded one).
 
     The same (workload, optimizer, hparams, seed, budget, schedule) gives the same numbers on the
     same machine: global RNGs are seeded with ``seed`` inside a forked RNG state (dropout and the
@@ -123,6 +134,9 @@ def train(
         batches = workload.train_batches(seed, budget.batch_size)
 
         curve: dict[str, list] = {"steps": [], "val_metric": [], "val_loss": [], "train_loss": [], "wall_time": []}
+        friction: list[dict[str, Any]] = []
+        # The published code's ξ is ½ by construction after step 1 (registry.PublishedDiffGrad).
+        probe_friction = isinstance(optimizer, DiffGrad) and not isinstance(optimizer, PublishedDiffGrad)
         steps_to_target = time_to_target = None
         train_time = loss_sum = 0.0
         losses_since_eval = 0
@@ -135,8 +149,10 @@ def train(
             if not math.isfinite(loss_value):
                 diverged = True
                 break
-            loss.backward()
-            optimizer.step()
+            (loss * loss_scale if loss_scale != 1.0 else loss).backward()
+            evaluated = step % budget.eval_every == 0 or step == budget.steps
+            with record_friction(optimizer) if probe_friction and evaluated else nullcontext() as xi:
+                optimizer.step()
             scheduler.step()
             train_time += time.perf_counter() - tick
             loss_sum += loss_value
@@ -151,6 +167,8 @@ def train(
             for key, value in zip(curve, (step, val.metric, val.loss, loss_sum / losses_since_eval, train_time)):
                 curve[key].append(value)
             loss_sum, losses_since_eval = 0.0, 0
+            if xi:
+                friction.append({"step": step, **friction_summary(model, xi)})
             if steps_to_target is None and workload.reached(val.metric):
                 steps_to_target, time_to_target = step, train_time
             if on_eval is not None:
@@ -177,4 +195,5 @@ def train(
         time_to_target=time_to_target,
         total_wall_time=time.perf_counter() - started,
         diverged=diverged,
+        friction=friction,
     )

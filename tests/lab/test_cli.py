@@ -115,10 +115,12 @@ def test_compare_then_report_end_to_end(tmp_path, capsys, monkeypatch):
         "1",
         "--tag",
         "smoke",
+        "--loss-scale",
+        "100",
     ]
     code, out, err = _run(argv, capsys)
     assert code == 0, err
-    assert "studies: tiny/adam/tuned/smoke, tiny/diffgrad/tuned/smoke" in out
+    assert "studies: tiny[loss_scale=100]/adam/tuned/smoke, tiny[loss_scale=100]/diffgrad/tuned/smoke" in out
     assert f"database: {url}" in out and f"report: {out_dir / 'report.md'}" in out
     assert rendered == [(url, str(out_dir), "tiny: adam, diffgrad (tuned)", "smoke")]
     records = load_records(url)
@@ -132,6 +134,8 @@ def test_compare_then_report_end_to_end(tmp_path, capsys, monkeypatch):
     code, out, err = _run(["report", "--out", str(out_dir), "--title", "again", "--tag", "smoke"], capsys)
     assert code == 0, err
     assert (out_dir / "report.md").read_text().startswith("# again")
+    summary = (out_dir / "summary.md").read_text()
+    assert "## Headline numbers" in summary and "adam (tuned, loss ×100)" in summary and "commit" in summary
     assert f"report: {out_dir / 'report.md'}" in out
 
 
@@ -150,6 +154,8 @@ def test_compare_then_report_end_to_end(tmp_path, capsys, monkeypatch):
         ([*DIGITS, "--storage", "nosuchdialect://x"], "cannot open storage"),
         ([*DIGITS, "--device", "nosuchdevice"], "not usable"),
         ([*DIGITS, "--budget", "0"], "positive integer"),
+        ([*DIGITS, "--loss-scale", "0"], "expected a positive, finite number, got '0'"),
+        ([*DIGITS, "--loss-scale", "inf"], "expected a positive, finite number, got 'inf'"),
         (["compare", "--optimizers", "adam"], "required: --workload"),
         (["frobnicate"], "invalid choice"),
         (["report", "--out", "/no/such/dir"], "no results database"),

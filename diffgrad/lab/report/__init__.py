@@ -16,6 +16,7 @@ from .sections import (
     Problem,
     Results,
     build_sections,
+    headline_sections,
     learning_curve_sections,
     lr_sensitivity_sections,
     overview_sections,
@@ -32,14 +33,14 @@ PLOTS_DIR = "plots"
 
 
 def render_report(storage_url: str, out_dir: str | Path, *, title: str = DEFAULT_TITLE, tag: str | None = None) -> Path:
-    """Write ``report.md``, ``report.html`` and ``plots/*.png`` into ``out_dir`` from the database.
+    """Write ``report.md``, ``report.html``, ``summary.md`` and ``plots/*.png`` into ``out_dir``.
 
     ``tag`` restricts the report to the studies of one experiment. Returns the Markdown path.
     """
     out = Path(out_dir)
     results = Results.load(storage_url, tag=tag)
     sections = build_sections(results, out / PLOTS_DIR, storage_url=storage_url)
-    return Document(title, sections).write(out)
+    return Document(title, sections, summary=headline_sections(results)).write(out)
 
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "Section",
     "build_sections",
     "format_table",
+    "headline_sections",
     "learning_curve_sections",
     "lr_sensitivity_sections",
     "markdown_to_html",

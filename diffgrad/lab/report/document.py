@@ -16,6 +16,7 @@ from pathlib import Path
 
 MARKDOWN_NAME = "report.md"
 HTML_NAME = "report.html"
+SUMMARY_NAME = "summary.md"
 
 _CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; max-width: 1200px;
@@ -169,21 +170,24 @@ def markdown_to_html(text: str) -> str:
 
 @dataclass
 class Document:
-    """Sections in order under a title; :meth:`write` produces ``report.md`` and ``report.html``."""
+    """Sections in order under a title; :meth:`write` produces ``report.md`` and ``report.html``, and
+    ``summary.md`` from the ``summary`` sections (short, without figures: what a README quotes)."""
 
     title: str
     sections: list[Section] = field(default_factory=list)
+    summary: Sequence[Section] = ()
 
     def extend(self, sections: Sequence[Section]) -> Document:
         """Append ``sections`` in order; returns ``self`` for chaining."""
         self.sections.extend(sections)
         return self
 
-    def markdown(self, out_dir: str | Path) -> str:
-        """The whole report as Markdown, with image paths relative to ``out_dir``."""
+    def markdown(self, out_dir: str | Path, sections: Sequence[Section] | None = None) -> str:
+        """The whole report (or ``sections`` under its title) as Markdown, with image paths relative
+        to ``out_dir``."""
         root = Path(out_dir).resolve()
         parts = [f"# {self.title}"]
-        for section in self.sections:
+        for section in self.sections if sections is None else sections:
             parts.append(f"{'#' * section.level} {section.title}")
             if section.markdown.strip():
                 parts.append(section.markdown.strip())
@@ -193,7 +197,8 @@ class Document:
         return "\n\n".join(parts) + "\n"
 
     def write(self, out_dir: str | Path) -> Path:
-        """Write ``report.md`` and ``report.html`` into ``out_dir``; returns the Markdown path."""
+        """Write ``report.md``, ``report.html`` (and ``summary.md``) into ``out_dir``; returns the
+        report's Markdown path."""
         root = Path(out_dir)
         root.mkdir(parents=True, exist_ok=True)
         text = self.markdown(root)
@@ -205,4 +210,6 @@ class Document:
         (root / HTML_NAME).write_text(page, encoding="utf-8")
         md_path = root / MARKDOWN_NAME
         md_path.write_text(text, encoding="utf-8")
+        if self.summary:
+            (root / SUMMARY_NAME).write_text(self.markdown(root, self.summary), encoding="utf-8")
         return md_path

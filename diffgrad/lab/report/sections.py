@@ -23,6 +23,8 @@ from .stats import (
     MeanCI,
     aggregate_curves,
     divergence_index,
+    fmt,
+    fmt_ci,
     lr_sensitivity,
     mean_ci,
     performance_profile,
@@ -46,11 +48,13 @@ class Cell:
     info: StudyInfo | None
     final: tuple[RunRecord, ...]
     tune: tuple[RunRecord, ...]
+    loss_scale: float = 1.0
 
     @property
     def label(self) -> str:
         """The name used for this optimizer/protocol pair in legends and across workloads."""
-        return f"{self.optimizer} ({self.protocol})"
+        scale = f", loss ×{self.loss_scale:g}" if self.loss_scale != 1.0 else ""
+        return f"{self.optimizer} ({self.protocol}{scale})"
 
     @property
     def runs(self) -> tuple[RunRecord, ...]:
@@ -122,6 +126,7 @@ class Results:
                 info=study_info,
                 final=tuple(r for r in recs if r.phase == FINAL),
                 tune=tuple(r for r in recs if r.phase == TUNE),
+                loss_scale=named.loss_scale,
             )
             groups[(cell.tag, cell.workload)].append(cell)
         problems = []
@@ -130,7 +135,7 @@ class Results:
             labels = [c.label for c in cells]
             if len(set(labels)) != len(labels):
                 raise ValueError(
-                    f"two studies share an optimizer and protocol on {workload!r} tag {tag_!r}: "
+                    f"two studies share an optimizer, protocol and loss scale on {workload!r} tag {tag_!r}: "
                     f"{[c.study for c in cells]}; give them different tags"
                 )
             problems.append(Problem(workload, tag_, tuple(cells)))
@@ -151,20 +156,6 @@ class Results:
 
 
 # ---------------------------------------------------------------- formatting
-
-
-def fmt(x: float, digits: int = 4) -> str:
-    """A number with ``digits`` significant digits; ``n/a`` when not finite."""
-    return f"{x:.{digits}g}" if math.isfinite(x) else "n/a"
-
-
-def fmt_ci(ci: MeanCI) -> str:
-    """``mean ± half-width`` of a 95 % CI; the mean alone (with n) when no spread exists."""
-    if ci.n == 0:
-        return "n/a"
-    if ci.n == 1:
-        return f"{fmt(ci.mean)} (n=1)"
-    return f"{fmt(ci.mean)} ± {fmt(ci.half_width)}"
 
 
 def diverged(record: RunRecord) -> bool:
@@ -364,6 +355,25 @@ def summary_sections(results: Results) -> list[Section]:
             Section(problem.name, _problem_header(problem) + "\n\n" + table + (f"\n\n{note}" if note else ""), level=3)
         )
     return out
+
+
+def headline_sections(results: Results) -> list[Section]:
+    """The short summary a README can quote: per workload, every study's final metric (mean ± 95 % CI,
+    best first), and which code made the runs."""
+    lines = []
+    for problem in _problems_with(results, "final"):
+        scores = {c.label: _final_scores(c)[1] for c in problem.finished}
+        sign = -1.0 if problem.info is None or problem.info.higher_is_better else 1.0
+        ranked = sorted(scores, key=lambda label: (math.isnan(scores[label].mean), sign * scores[label].mean))
+        metric = problem.info.metric_name if problem.info else "metric"
+        lines.append(f"- **{problem.name}** ({metric}{_direction(problem.info)}): " + "; ".join(
+            f"{label} {fmt_ci(scores[label])}" for label in ranked
+        ))  # fmt: skip
+    runs = [r for c in results.cells for r in c.runs]
+    return [
+        Section("Headline numbers", "\n".join(lines) if lines else "No final runs in the database."),
+        Section("Provenance", provenance_summary(runs) if runs else "No runs."),
+    ]
 
 
 def _best_study(means: dict[str, float], info: StudyInfo | None) -> str | None:

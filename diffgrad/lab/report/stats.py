@@ -85,6 +85,20 @@ class MeanCI:
     n: int
 
 
+def fmt(x: float, digits: int = 4) -> str:
+    """A number with ``digits`` significant digits; ``n/a`` when not finite."""
+    return f"{x:.{digits}g}" if math.isfinite(x) else "n/a"
+
+
+def fmt_ci(ci: MeanCI) -> str:
+    """``mean ± half-width`` of a 95 % CI; the mean alone (with n) when no spread exists."""
+    if ci.n == 0:
+        return "n/a"
+    if ci.n == 1:
+        return f"{fmt(ci.mean)} (n=1)"
+    return f"{fmt(ci.mean)} ± {fmt(ci.half_width)}"
+
+
 def finite(values: Iterable[float | None]) -> np.ndarray:
     """The finite values, as a float array (``None``, NaN and infinities dropped)."""
     arr = np.asarray([np.nan if v is None else v for v in values], dtype=float)
