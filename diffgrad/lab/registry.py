@@ -18,6 +18,7 @@ Search spaces are log-uniform learning-rate ranges, declared per optimizer: [1e-
 Adam family, [1e-4, 1] for SGDM and Adagrad (no per-coordinate normalisation of the step size /
 an accumulator that only shrinks it), [1e-3, 10] for Adadelta (its lr multiplies an already
 unit-scaled update, default 1.0) and [1e-6, 1e-2] for Lion (sign updates want ~10x smaller steps).
+``diffgrad-rms-slope`` also searches the slope κ of the scale-free friction over [0.1, 10].
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class LogUniform:
 
 ADAPTIVE_LR = LogUniform(1e-5, 1e-1)
 NON_ADAPTIVE_LR = LogUniform(1e-4, 1.0)
+FRICTION_SLOPE = LogUniform(0.1, 10.0)  # κ of the scale-free friction, around |Δg|/sqrt(v̂) = O(1)
 
 
 @dataclass(frozen=True)
@@ -219,6 +221,20 @@ def _specs() -> list[OptimizerSpec]:
         OptimizerSpec("diffgrad", "diffGrad, friction DFC = sigmoid(|Δg|) (the paper's default)", DiffGrad),
         *friction_variants,
         OptimizerSpec("diffgrad-amsgrad", "diffGrad with AMSGrad's max of second moments", DiffGrad, {"amsgrad": True}),
+        # The scale-free friction (docs/paper.md §10), at its default κ and with κ searched alongside lr.
+        OptimizerSpec(
+            "diffgrad-rms",
+            "diffGrad with the scale-free friction sigmoid(κ·|Δg|/(sqrt(v̂) + ε)) at its default κ (docs/paper.md §10)",
+            DiffGrad,
+            {"friction": "dfc-rms"},
+        ),
+        OptimizerSpec(
+            "diffgrad-rms-slope",
+            "diffGrad with the scale-free friction, its slope κ tuned along with lr (docs/paper.md §10)",
+            DiffGrad,
+            {"friction": "dfc-rms"},
+            {"lr": ADAPTIVE_LR, "friction_slope": FRICTION_SLOPE},
+        ),
         OptimizerSpec(
             "diffgradw",
             "diffGrad with decoupled (AdamW-style) weight decay 1e-2",

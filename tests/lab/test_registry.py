@@ -15,6 +15,7 @@ from diffgrad.lab.registry import OPTIMIZERS, PublishedDiffGrad, create_optimize
 from diffgrad.optim import DiffGrad
 
 PEERS = {"adabelief", "adan", "adamp", "lion", "radam"}
+SCALE_FREE = {"diffgrad-rms", "diffgrad-rms-slope"}  # docs/paper.md §10
 PAPER_NAMES = {
     "diffgrad",
     *(f"diffgrad-dfc{k}" for k in range(1, 6)),
@@ -62,8 +63,18 @@ def _train(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches) ->
 
 
 def test_the_registry_has_every_name_of_the_brief():
-    assert PAPER_NAMES | set(FAMILY) | PEERS == set(OPTIMIZERS)
+    assert PAPER_NAMES | set(FAMILY) | PEERS | SCALE_FREE == set(OPTIMIZERS)
     assert {spec.name for spec in list_optimizers()} >= PAPER_NAMES | set(FAMILY)
+
+
+def test_the_scale_free_friction_is_registered_with_its_slope_searched():
+    for name in SCALE_FREE:
+        optimizer = create_optimizer(name, [torch.zeros(1, requires_grad=True)])
+        assert isinstance(optimizer, DiffGrad) and optimizer.param_groups[0]["friction"] == "dfc-rms"
+    assert set(OPTIMIZERS["diffgrad-rms"].search_space) == {"lr"}
+    assert set(OPTIMIZERS["diffgrad-rms-slope"].search_space) == {"lr", "friction_slope"}
+    tuned = create_optimizer("diffgrad-rms-slope", [torch.zeros(1, requires_grad=True)], friction_slope=3.0)
+    assert tuned.param_groups[0]["friction_slope"] == 3.0
 
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
