@@ -4,10 +4,11 @@ Sections of the report: (1) the 1-D functions of Sec. V (Eq. 24–26, Fig. 4); (
 online convex problems (Sec. IV); (3) the Table I protocol; (4) the friction variants (Table II)
 and activations (Table III) under the same protocol; (5) the friction ξ those runs applied; (6) a
 fair, tuned comparison; (7) the diffGrad family of the follow-up papers (docs/paper.md §8) under
-the same tuned protocol; (8) sensitivity to the loss scale at the tuned learning rates; and a
-verdict on every claim, generated from the numbers by the rules of :mod:`diffgrad.lab.claims`.
-The paper's settings and published numbers are in :mod:`diffgrad.lab.paper`. Every training run
-lives in the results database; re-running the command resumes and never recomputes a finished run.
+the same tuned protocol; (8) sensitivity to the loss scale at the tuned learning rates; (9) this
+project's scale-free friction (docs/paper.md §10) under the tuned protocol; and a verdict on every
+claim, generated from the numbers by the rules of :mod:`diffgrad.lab.claims`. The paper's settings
+and published numbers are in :mod:`diffgrad.lab.paper`. Every training run lives in the results
+database; re-running the command resumes and never recomputes a finished run.
 """
 
 from __future__ import annotations
@@ -69,9 +70,13 @@ FAMILY_OPTIMIZERS = ("diffgrad-rect", "diffgrad-norm", "diffgrad-inject", "diffg
 FAMILY_TAG = "family"
 # The loss-scale experiment: Adam and diffGrad at the learning rate the fair comparison tuned, with the
 # training loss multiplied by each scale.
-SCALE_OPTIMIZERS = ("adam", "diffgrad")
+SCALE_OPTIMIZERS = ("adam", "diffgrad", "diffgrad-rms")
 LOSS_SCALES = (0.01, 1.0, 100.0)
 SCALE_TAG = "loss-scale"
+# The scale-free friction (docs/paper.md §10) against diffGrad and its controls, tuned.
+SCALE_FREE_OPTIMIZERS = ("diffgrad", "diffgrad-rms", "diffgrad-rms-slope", "adam", "adam-half-lr", "adabelief")
+SCALE_FREE_TAG = "scale-free"
+FRICTION_RUNS = ("diffgrad", "diffgrad-rms", "diffgrad-rms-slope")  # whose ξ section 9 draws
 
 # Tolerances the deterministic claims state (docs/paper.md §5 gives the minima to 4 decimals).
 ONE_D_TOLERANCE = 0.01  # |θ − minimum| that counts as "at" the minimum; also the settling motion
@@ -96,7 +101,10 @@ class Scale:
     fair_seeds: int
     fair_steps: int | None
     family_workloads: tuple[str, ...]  # the family runs with the fair comparison's budget, seeds and steps
-    scale_workloads: tuple[str, ...]  # of fair_workloads: the loss-scale runs use their tuned lr
+    scale_free_workloads: tuple[str, ...]  # the scale-free friction's tuned comparison (section 9)
+    scale_workloads: tuple[
+        str, ...
+    ]  # in fair_workloads and scale_free_workloads: the loss-scale runs use their tuned lr
     notes: tuple[str, ...] = field(default=())
 
 
@@ -112,10 +120,11 @@ FULL = Scale(
     fair_seeds=5,
     fair_steps=None,
     family_workloads=OFFLINE_WORKLOADS,
+    scale_free_workloads=(*OFFLINE_WORKLOADS, "charlm"),
     scale_workloads=OFFLINE_WORKLOADS,
     notes=(
-        "The tuned comparisons leave out the `charlm` workload: at about 30 s a run on one CPU core, 13 "
-        "optimizers × 21 runs would take over two hours; `diffgrad compare --workload charlm` runs it.",
+        "Only section 9 runs the `charlm` workload: at about 30 s a run on one CPU core, 13 optimizers × 21 runs "
+        "would take over two hours; `diffgrad compare --workload charlm` runs any optimizer on it.",
     ),
 )
 QUICK = Scale(
@@ -130,12 +139,13 @@ QUICK = Scale(
     fair_seeds=2,
     fair_steps=120,
     family_workloads=("mnist1d-mlp",),
+    scale_free_workloads=("mnist1d-mlp",),
     scale_workloads=("mnist1d-mlp",),
     notes=(
         "This is the `--quick` run: 120 training steps per run, one seed for the paper protocol, "
         "3 tuning trials and 2 seeds for the tuned protocol, a regret horizon of 3,000, one stand-in "
         "workload, six optimizers in the fair comparison and one workload (`mnist1d-mlp`) for the diffGrad "
-        "family and the loss scale. Its numbers show that every part works; they are too small to settle "
+        "family, the scale-free friction and the loss scale. Its numbers show that every part works; they are too small to settle "
         "a claim, so most verdicts below are *inconclusive* by the rules they state. Run "
         "`diffgrad reproduce` for the full budgets.",
     ),
@@ -171,7 +181,7 @@ def reproduce(
     rdb = open_storage(url)
 
     datasets = _paper_workloads(scale, data_dir)
-    plans = _paper_plans(scale, datasets) + _fair_plans(scale) + _family_plans(scale)
+    plans = _paper_plans(scale, datasets) + _fair_plans(scale) + _family_plans(scale) + _scale_free_plans(scale)
     run_studies(plans, rdb, device=device, progress=progress)  # every training run; resumes what is missing
     # The loss-scale runs take the learning rates the fair comparison selected.
     run_studies(_scale_plans(scale, load_records(url)), rdb, device=device, progress=progress)
@@ -186,6 +196,7 @@ def reproduce(
         lambda: fair_section(url, plot_dir),
         lambda: family_section(url, plot_dir),
         lambda: scale_section(records, plot_dir),
+        lambda: scale_free_section(records, url, plot_dir),
     ]
     built = [build() for build in builders]
     claims = [c for b in built for c in b.claims]
@@ -301,15 +312,26 @@ def _family_plans(scale: Scale) -> list[StudyPlan]:
     )
 
 
+def _scale_free_plans(scale: Scale) -> list[StudyPlan]:
+    """Section 9: the scale-free friction against diffGrad and its controls."""
+    return _tuned_plans(
+        scale.scale_free_workloads,
+        SCALE_FREE_OPTIMIZERS,
+        budget=scale.fair_budget,
+        seeds=scale.fair_seeds,
+        steps=scale.fair_steps,
+        tag=SCALE_FREE_TAG,
+    )
+
+
 def _tuned_lr(records: Sequence[RunRecord], workload: str, optimizer: str) -> float | None:
-    """The learning rate the fair comparison selected for ``optimizer`` on ``workload`` (its final
-    runs'), or None before those runs exist."""
-    finals = [
-        r
-        for r in records
-        if r.tag == FAIR_TAG and r.workload == workload and r.optimizer == optimizer and r.phase == "final"
-    ]
-    return float(finals[0].hparams["lr"]) if finals else None
+    """The learning rate a tuned comparison selected for ``optimizer`` on ``workload`` (its final runs'):
+    the fair comparison's, else the scale-free one's; None before those runs exist."""
+    for tag in (FAIR_TAG, SCALE_FREE_TAG):
+        finals = _final_runs(records, workload, optimizer, tag)
+        if finals:
+            return float(finals[0].hparams["lr"])
+    return None
 
 
 def _scale_plans(scale: Scale, records: Sequence[RunRecord]) -> list[StudyPlan]:
@@ -869,92 +891,157 @@ def _mean_xi(record: RunRecord) -> float | None:
     return sum(means) / len(means) if means else None
 
 
+def _scale_runs(runs: Sequence[RunRecord], workload: str, optimizer: str, scale: float) -> list[RunRecord]:
+    return [r for r in runs if r.workload == workload and r.optimizer == optimizer and r.loss_scale == scale]
+
+
+# What the loss-scale section claims of each optimizer's test metric and mean ξ: "changes" or "invariant".
+SCALE_EXPECTATIONS = {
+    "adam": ("invariant", None),
+    "diffgrad": ("changes", "changes"),
+    "diffgrad-rms": ("invariant", "invariant"),
+}
+
+
+def _scale_claim(expectation: str, statement: str, by_scale: dict[float, dict[int, float]], tolerance: float) -> Claim:
+    if expectation == "changes":
+        return cl.changes_claim(f"{statement} changes when the loss is scaled", by_scale, tolerance=tolerance)
+    return cl.invariance_claim(f"{statement} does not change when the loss is scaled", by_scale, tolerance=tolerance)
+
+
 def scale_section(records: Sequence[RunRecord], plot_dir: Path) -> Built:
-    """Adam and diffGrad at their tuned learning rates with the loss multiplied by 0.01, 1 and 100."""
+    """Adam, diffGrad and the scale-free diffgrad-rms at their tuned learning rates, with the loss
+    multiplied by 0.01, 1 and 100."""
     runs = [r for r in records if r.tag == SCALE_TAG and r.phase == "final"]
     images, rows, found, headlines = [], [], [], []
     for workload in sorted({r.workload for r in runs}):
         metric: dict[str, dict[float, dict[int, float]]] = {}
-        xis: dict[float, dict[int, float]] = {}
+        xis: dict[str, dict[float, dict[int, float]]] = {}
         for opt in SCALE_OPTIMIZERS:
             metric[opt] = {
-                s: _by_seed([r for r in runs if r.workload == workload and r.optimizer == opt and r.loss_scale == s],
-                            lambda r: r.test_metric)
-                for s in LOSS_SCALES
-            }  # fmt: skip
-            for s in LOSS_SCALES:
-                ci = mean_ci(metric[opt][s].values())
-                lr = next((r.hparams["lr"] for r in runs if r.workload == workload and r.optimizer == opt), math.nan)
-                row = [workload, opt, f"{lr:.3g}", f"{s:g}", fmt_ci(ci)]
-                if opt == "diffgrad":
-                    xis[s] = _by_seed(
-                        [r for r in runs if r.workload == workload and r.optimizer == opt and r.loss_scale == s],
-                        _mean_xi,
-                    )
-                    row.append(fmt_ci(mean_ci(xis[s].values())))
-                else:
-                    row.append("")
-                rows.append(row)
-        if not all(metric[o][1.0] for o in SCALE_OPTIMIZERS):
-            continue
-        found += [
-            cl.invariance_claim(
-                f"Loss scale, {workload}: Adam's test metric does not change when the loss is scaled",
-                metric["adam"],
-                tolerance=METRIC_TOLERANCE,
-            ),
-            cl.changes_claim(
-                f"Loss scale, {workload}: diffGrad's test metric changes when the loss is scaled",
-                metric["diffgrad"],
-                tolerance=METRIC_TOLERANCE,
-            ),
-            cl.changes_claim(
-                f"Loss scale, {workload}: diffGrad's mean friction ξ changes when the loss is scaled",
-                xis,
-                tolerance=XI_TOLERANCE,
-            ),
-        ]
-        summary = {
-            opt: {
-                "scale": list(LOSS_SCALES),
-                **_bands([mean_ci(metric[opt][s].values()) for s in LOSS_SCALES]),
+                s: _by_seed(_scale_runs(runs, workload, opt, s), lambda r: r.test_metric) for s in LOSS_SCALES
             }
-            for opt in SCALE_OPTIMIZERS
+            xis[opt] = {s: _by_seed(_scale_runs(runs, workload, opt, s), _mean_xi) for s in LOSS_SCALES}
+            lr = next((r.hparams["lr"] for r in runs if r.workload == workload and r.optimizer == opt), math.nan)
+            for s in LOSS_SCALES:
+                xi = mean_ci(xis[opt][s].values())
+                rows.append(
+                    [
+                        workload,
+                        opt,
+                        f"{lr:.3g}",
+                        f"{s:g}",
+                        fmt_ci(mean_ci(metric[opt][s].values())),
+                        fmt_ci(xi) if xi.n else "",
+                    ]
+                )
+        measured = [o for o in SCALE_OPTIMIZERS if metric[o][1.0]]
+        for opt in measured:
+            on_metric, on_xi = SCALE_EXPECTATIONS[opt]
+            found.append(
+                _scale_claim(on_metric, f"Loss scale, {workload}: {opt}'s test metric", metric[opt], METRIC_TOLERANCE)
+            )
+            if on_xi is not None:
+                found.append(_scale_claim(on_xi, f"Loss scale, {workload}: {opt}'s mean ξ", xis[opt], XI_TOLERANCE))
+        if not measured:
+            continue
+        bands = {
+            o: {"scale": list(LOSS_SCALES), **_bands([mean_ci(metric[o][s].values()) for s in LOSS_SCALES])}
+            for o in measured
         }
-        xi_summary = {
-            "diffgrad": {"scale": list(LOSS_SCALES), **_bands([mean_ci(xis[s].values()) for s in LOSS_SCALES])}
+        xi_bands = {
+            o: {"scale": list(LOSS_SCALES), **_bands([mean_ci(xis[o][s].values()) for s in LOSS_SCALES])}
+            for o in measured
+            if xis[o][1.0]
         }
         path = plots.plot_scale_sensitivity(
-            summary, plot_dir / f"loss-scale-{workload}.png", title=workload, metric_name="test metric", xi=xi_summary
+            bands, plot_dir / f"loss-scale-{workload}.png", title=workload, metric_name="test metric", xi=xi_bands
         )
-        images.append(
-            Image(path, f"{workload}: test metric (mean, 95 % CI) and diffGrad's mean ξ against the loss scale s")
-        )
+        images.append(Image(path, f"{workload}: test metric (mean, 95 % CI) and mean ξ against the loss scale s"))
+        at = " / ".join(f"{s:g}" for s in LOSS_SCALES)
         headlines.append(
-            f"Loss scale on {workload}: diffGrad's mean ξ "
-            + " / ".join(f"{mean_ci(xis[s].values()).mean:.4f}" for s in LOSS_SCALES)
-            + f" at s = {' / '.join(f'{s:g}' for s in LOSS_SCALES)}; test metric diffGrad "
-            + " / ".join(fmt_ci(mean_ci(metric["diffgrad"][s].values())) for s in LOSS_SCALES)
-            + ", Adam "
-            + " / ".join(fmt_ci(mean_ci(metric["adam"][s].values())) for s in LOSS_SCALES)
+            f"Loss scale on {workload} (s = {at}): "
+            + "; ".join(
+                f"{o} test metric {' / '.join(fmt_ci(mean_ci(metric[o][s].values())) for s in LOSS_SCALES)}"
+                + (
+                    f", mean ξ {' / '.join(f'{mean_ci(xis[o][s].values()).mean:.3f}' for s in LOSS_SCALES)}"
+                    if o in xi_bands
+                    else ""
+                )
+                for o in measured
+            )
             + "."
         )
     text = (
         "Adam's update m̂/(√v̂ + ε) does not change when the loss (so every gradient) is multiplied by a constant s, "
-        "up to ε; diffGrad's friction ξ = sigmoid(|g_{t−1} − g_t|) does, because |Δg| scales with s. Adam and "
-        "diffGrad train here at the learning rate the fair comparison (section 6) selected for them, with the loss "
-        f"multiplied by s ∈ {{{', '.join(f'{s:g}' for s in LOSS_SCALES)}}} and the same seeds as there (`diffgrad "
-        "compare --loss-scale S` runs one scale). Changes are per seed against s = 1; "
-        f"a change of the test metric within ±{METRIC_TOLERANCE:g} (of ξ: ±{XI_TOLERANCE:g}) counts as none.\n\n"
+        "up to ε; diffGrad's friction ξ = sigmoid(|g_{t−1} − g_t|) does, because |Δg| scales with s, and the "
+        "scale-free friction of `diffgrad-rms` (docs/paper.md §10) does not, because it measures |Δg| against "
+        "sqrt(v̂). Each trains at the learning rate its tuned comparison selected (section 6 for Adam and diffGrad, "
+        f"section 9 for `diffgrad-rms`), with the loss multiplied by s ∈ {{{', '.join(f'{s:g}' for s in LOSS_SCALES)}}} "
+        "and the same seeds (`diffgrad compare --loss-scale S` runs one scale). Changes are per seed against s = 1; "
+        f"a change of the test metric within ±{METRIC_TOLERANCE:g} (of the mean ξ: ±{XI_TOLERANCE:g}) counts as "
+        "none.\n\n"
         + (
-            format_table(
-                ["workload", "optimizer", "lr (tuned)", "s", "test metric", "diffGrad's mean ξ"], rows, align="llrrrr"
-            )
+            format_table(["workload", "optimizer", "lr (tuned)", "s", "test metric", "mean ξ"], rows, align="llrrrr")
             if rows
-            else "No loss-scale runs yet: they start once the fair comparison has selected its learning rates."
+            else "No loss-scale runs yet: they start once the tuned comparisons have selected their learning rates."
         )
     )
     return Built([Section("8. Sensitivity to the loss scale", text, images)], found, headlines)
+
+
+def scale_free_section(records: Sequence[RunRecord], url: str, plot_dir: Path) -> Built:
+    """The scale-free friction (docs/paper.md §10) at its default and its tuned slope κ, against diffGrad,
+    Adam, Adam at lr/2 and AdaBelief under the tuned protocol, with ξ over training."""
+    rankings, subsections = _tuned_comparison(url, SCALE_FREE_TAG, plot_dir / SCALE_FREE_TAG)
+    rankings = [r for r in rankings if "diffgrad-rms" in r.scores]
+    rows, found, images, headlines = [], [], [], []
+    for r in rankings:
+        for a, b in (("diffgrad-rms", "diffgrad"), ("diffgrad-rms", "adam"), ("diffgrad-rms-slope", "diffgrad-rms")):
+            if a in r.scores and b in r.scores:
+                found.append(cl.better_claim(f"Scale-free, {r.workload}: {a} beats {b}", [r], a, b))
+        finals = {o: _final_runs(records, r.workload, o, SCALE_FREE_TAG) for o in r.scores}
+        for opt in r.ranked:
+            xi = mean_ci(_by_seed(finals[opt], _mean_xi).values())
+            slopes = sorted(
+                {f"{run.hparams['friction_slope']:.3g}" for run in finals[opt] if "friction_slope" in run.hparams}
+            )
+            rows.append(
+                [r.workload, opt, r.rank(opt), fmt_ci(r.scores[opt]), fmt_ci(xi) if xi.n else "", ", ".join(slopes)]
+            )
+        curves = {
+            o: friction_curves([run.friction for run in finals.get(o, []) if run.friction]) for o in FRICTION_RUNS
+        }
+        curves = {o: c for o, c in curves.items() if c}
+        if curves:
+            path = plots.plot_friction(
+                curves, plot_dir / f"friction-{SCALE_FREE_TAG}-{r.workload}.png", title=r.workload
+            )
+            images.append(
+                Image(
+                    path,
+                    f"{r.workload}: ξ over training of diffGrad and the scale-free friction at the tuned settings "
+                    "(mean, median, 5–95 % band; averaged over seeds), over all parameters and per layer kind",
+                )
+            )
+        headlines.append(
+            f"Scale-free friction, {r.workload}: "
+            + "; ".join(f"{o} {fmt_ci(r.scores[o])} (rank {r.rank(o)})" for o in r.ranked)
+            + "."
+        )
+    text = (
+        "diffGrad's friction sigmoid(|Δg|) stays at ½ wherever gradients change by much less than 1 (section 5). "
+        "The scale-free friction ξ = sigmoid(κ·|Δg|/(sqrt(v̂) + ε)) of this project (docs/paper.md §10, not the "
+        "paper's) measures the change against the gradient's own running magnitude. `diffgrad-rms` uses the default "
+        "slope κ, `diffgrad-rms-slope` searches κ over [0.1, 10] along with the learning rate; Adam at lr/2 is the "
+        f"control for a friction stuck at ½. {TUNED_PROTOCOL}\n\n"
+        + format_table(
+            ["workload", "optimizer", "rank", "test metric (mean ± 95 % CI)", "mean ξ", "tuned κ"], rows, align="llrrrr"
+        )
+    )
+    return Built(
+        [Section("9. A scale-free friction: tuned protocol", text, images), *_nested(subsections)], found, headlines
+    )
 
 
 def _bands(cis: Sequence[MeanCI]) -> dict[str, list[float]]:

@@ -25,6 +25,7 @@ TINY = rp.Scale(
     fair_seeds=1,
     fair_steps=4,
     family_workloads=("digits-cnn",),
+    scale_free_workloads=("digits-cnn",),
     scale_workloads=("digits-cnn",),
     notes=("tiny test scale",),
 )
@@ -50,6 +51,7 @@ def test_tiny_reproduce_has_every_section_and_resumes(tmp_path: Path, monkeypatc
         "## 6. Fair comparison",
         "## 7. The diffGrad family",
         "## 8. Sensitivity to the loss scale",
+        "## 9. A scale-free friction",
     ):
         assert heading in text, heading
     assert "offline stand-in" in text and "tiny test scale" in text
@@ -59,6 +61,8 @@ def test_tiny_reproduce_has_every_section_and_resumes(tmp_path: Path, monkeypatc
     assert (tmp_path / "plots" / "family" / "performance_profile.png").is_file()
     assert (tmp_path / "plots" / "friction-digits-cnn-bs128.png").is_file()
     assert (tmp_path / "plots" / "loss-scale-digits-cnn.png").is_file()
+    assert (tmp_path / "plots" / "friction-scale-free-digits-cnn.png").is_file()
+    assert "| Loss scale, digits-cnn: diffgrad-rms's test metric does not change when the loss is scaled |" in text
     summary = (tmp_path / "summary.md").read_text()
     assert "## Verdict" in summary and "## Headline numbers" in summary and "commit" in summary
     assert "![" not in summary  # short: no figures
@@ -69,8 +73,9 @@ def test_tiny_reproduce_has_every_section_and_resumes(tmp_path: Path, monkeypatc
         (row,) = [line for line in text.splitlines() if line.startswith(f"| {table}: ")]
         assert "| **inconclusive** |" in row, row
     # 14 Table I/II optimizers and 3 more activations, at 3 batch sizes; 2 optimizers x 2 runs tuned;
-    # diffgrad, adam and 5 family members x 2 runs tuned; adam and diffgrad at 3 loss scales.
-    runs = (14 + 3) * 3 + 2 * 2 + 7 * 2 + 2 * 3
+    # diffgrad, adam and 5 family members x 2 runs tuned; 6 optimizers of section 9 x 2 runs tuned;
+    # adam, diffgrad and diffgrad-rms at 3 loss scales.
+    runs = (14 + 3) * 3 + 2 * 2 + 7 * 2 + 6 * 2 + 3 * 3
     # Every diffGrad run of the paper protocol recorded its friction at each evaluation.
     records = [r for r in rp.load_records(f"sqlite:///{tmp_path / 'results.db'}") if r.optimizer == "diffgrad"]
     assert records and all(r.friction and r.friction[-1]["step"] == r.steps[-1] for r in records)
