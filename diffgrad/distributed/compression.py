@@ -46,7 +46,12 @@ __all__ = [
     "wire_bytes",
 ]
 
-_BIT_WEIGHTS = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
+# Eight 0/1 bytes read as one little-endian int64 x = Σ_k b_k·2^(8k), times this constant, hold
+# Σ_k b_k·2^k in their top byte (each b_k lands on bit 56 + k; the other products fall below bit
+# 56 on distinct bits, without carries, or above bit 63).
+_GATHER_BITS = 0x0102040810204080
+# Row j: the ±1 of the 8 bits of byte value j, bit k first.
+_SIGNS = ((torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1).float().mul_(2).sub_(1)
 _SCALE_BYTES = 4  # float32
 
 
@@ -118,14 +123,13 @@ def check_all_to_all(group: dist.ProcessGroup | None = None) -> None:
 
 def pack_signs(u: Tensor) -> Tensor:
     """Bit k of byte j is 1 where u[..., 8j + k] ≥ 0; the last dim must be a multiple of 8."""
-    bits = (u >= 0).to(torch.uint8).unflatten(-1, (-1, 8))
-    return bits.mul_(_BIT_WEIGHTS.to(u.device)).sum(-1, dtype=torch.uint8)
+    words = (u >= 0).to(torch.uint8).unflatten(-1, (-1, 8)).contiguous().view(torch.int64).squeeze(-1)
+    return words.mul_(_GATHER_BITS).bitwise_right_shift_(56).bitwise_and_(0xFF).to(torch.uint8)
 
 
 def unpack_signs(packed: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
     """±1 from the bits of :func:`pack_signs` (8 values per byte)."""
-    bits = packed.unsqueeze(-1).bitwise_and(_BIT_WEIGHTS.to(packed.device)).ne(0)
-    return bits.flatten(-2).to(dtype).mul_(2).sub_(1)
+    return _SIGNS.to(packed.device, dtype)[packed.long()].flatten(-2)
 
 
 # -- layout -----------------------------------------------------------------------------------
@@ -147,16 +151,16 @@ class ChunkLayout:
         self.columns = sum(self.widths)
         self.sign_bytes = self.columns // 8
         self.row_bytes = self.sign_bytes + _SCALE_BYTES * len(self.numels)
-        # Column → tensor index, and how many real (not padding) elements each (row, tensor) chunk has.
-        self.segment = torch.repeat_interleave(torch.arange(len(self.widths)), torch.tensor(self.widths))
+        # How many real (not padding) elements each (row, tensor) chunk has, and the padding columns of each row.
         self.real = torch.tensor(
             [[min(max(numel - r * w, 0), w) for numel, w in zip(self.numels, self.widths)] for r in range(world_size)],
             dtype=torch.float32,
         )
-        self.mask = torch.cat(
+        mask = torch.cat(
             [(torch.arange(world_size * w) < numel).view(world_size, w) for numel, w in zip(self.numels, self.widths)],
             dim=1,
         )
+        self.padding = [row.logical_not().nonzero().squeeze(1) for row in mask]
 
     def to_rows(self, tensors: Sequence[Tensor]) -> Tensor:
         """The tensors (flattened, zero-padded) as an n × columns matrix of the compute dtype."""
@@ -174,31 +178,36 @@ class ChunkLayout:
         for t, chunk in zip(tensors, rows.split(self.widths, dim=1)):
             t.copy_(chunk.reshape(-1)[: t.numel()].view_as(t))
 
-    def scales(self, u: Tensor, rows: Tensor | slice) -> Tensor:
+    def scales(self, u: Tensor, rows: Sequence[int]) -> Tensor:
         """mean(|u|) of every (row, tensor) chunk of ``u`` (shape rows × columns) → rows × tensors;
-        ``rows`` says which layout rows ``u`` holds (padding is 0, so sums over all columns)."""
-        sums = torch.zeros(u.shape[0], len(self.widths), dtype=u.dtype, device=u.device)
-        sums.index_add_(1, self.segment.to(u.device), u.abs())
-        return sums.div_(self.real[rows].to(u.device, u.dtype).clamp_min(1))
+        ``rows`` are the layout rows ``u`` holds (its padding is 0, so the sums run over all columns)."""
+        sums = torch.stack([chunk.sum(dim=1) for chunk in u.abs().split(self.widths, dim=1)], dim=1)
+        return sums.div_(self.real[list(rows)].to(u.device, u.dtype).clamp_min(1))
 
-    def decompress(self, packed: Tensor, scales: Tensor, rows: Tensor | slice, dtype: torch.dtype) -> Tensor:
-        """a·sign for every chunk, 0 at the padding of layout ``rows``."""
-        signs = unpack_signs(packed, dtype)
-        signs.mul_(scales[:, self.segment.to(packed.device)])
-        return signs.mul_(self.mask[rows].to(packed.device))
+    def _zero_padding(self, x: Tensor, rows: Sequence[int]) -> Tensor:
+        for i, row in enumerate(rows):
+            x[i, self.padding[row].to(x.device)] = 0
+        return x
 
-    def encode(self, u: Tensor, rows: Tensor | slice) -> tuple[Tensor, Tensor]:
+    def encode(self, u: Tensor, rows: Sequence[int]) -> tuple[Tensor, Tensor]:
         """(bytes to send: signs then scales, per row; C(u)) for a rows × columns ``u``. C(u) uses
         the scales as sent (float32), so the error fed back is exactly what the receivers miss."""
         scales = self.scales(u, rows).to(torch.float32)
-        packed = pack_signs(u)
-        payload = torch.cat([packed, scales.view(torch.uint8)], dim=1)
-        return payload, self.decompress(packed, scales.to(u.dtype), rows, u.dtype)
+        payload = torch.cat([pack_signs(u), scales.view(torch.uint8)], dim=1)
+        compressed = torch.empty_like(u)
+        for out, chunk, scale in zip(compressed.split(self.widths, 1), u.split(self.widths, 1), scales.to(u.dtype).T):
+            scale = scale.unsqueeze(1)
+            torch.where(chunk >= 0, scale, scale.neg(), out=out)
+        return payload, self._zero_padding(compressed, rows)
 
-    def decode(self, payload: Tensor, rows: Tensor | slice, dtype: torch.dtype) -> Tensor:
+    def decode(self, payload: Tensor, rows: Sequence[int], dtype: torch.dtype) -> Tensor:
+        """C(u) from the bytes of :meth:`encode`."""
         packed, scale_bytes = payload.split([self.sign_bytes, payload.shape[1] - self.sign_bytes], dim=1)
         scales = scale_bytes.contiguous().view(torch.float32).to(dtype)
-        return self.decompress(packed, scales, rows, dtype)
+        signs = unpack_signs(packed, dtype)
+        for chunk, scale in zip(signs.split(self.widths, 1), scales.T):
+            chunk.mul_(scale.unsqueeze(1))
+        return self._zero_padding(signs, rows)
 
 
 def error_buffers(tensors: Sequence[Tensor], world_size: int) -> tuple[list[Tensor], list[Tensor]]:
@@ -232,7 +241,8 @@ def compressed_all_reduce(
 
     # Worker: u = x + δ, c = C(u), δ ← u − c; row r of the payload goes to rank r.
     u = layout.to_rows(tensors).add_(layout.to_rows(worker_errors))
-    payload, compressed = layout.encode(u, slice(None))
+    every_row = range(world_size)
+    payload, compressed = layout.encode(u, every_row)
     layout.from_rows(u.sub_(compressed), worker_errors)
     received = torch.empty_like(payload)
     if counter is not None:
@@ -240,10 +250,9 @@ def compressed_all_reduce(
     dist.all_to_all_single(received, payload, group=group)
 
     # Server of chunk `rank`: s = mean over ranks + ε, ĉ = C(s), ε ← s − ĉ.
-    own = torch.full((world_size,), rank, dtype=torch.long)
-    s = layout.decode(received, own, dtype).sum(0, keepdim=True).div_(world_size)
+    s = layout.decode(received, [rank] * world_size, dtype).sum(0, keepdim=True).div_(world_size)
     s.add_(torch.cat(list(server_errors)).unsqueeze(0))
-    server_payload, server_compressed = layout.encode(s, slice(rank, rank + 1))
+    server_payload, server_compressed = layout.encode(s, [rank])
     for error, chunk in zip(server_errors, (s - server_compressed)[0].split(layout.widths)):
         error.copy_(chunk)
 
@@ -251,4 +260,4 @@ def compressed_all_reduce(
     if counter is not None:
         counter.record("all_gather", server_payload, world_size)
     dist.all_gather(list(gathered.unbind(0)), server_payload[0], group=group)
-    layout.from_rows(layout.decode(gathered, slice(None), dtype), tensors)
+    layout.from_rows(layout.decode(gathered, every_row, dtype), tensors)

@@ -12,7 +12,8 @@ Three experiments on one lab workload, each rank a process of its own (loopback 
   the robust hook's all_gather;
 * **robustness**: f of n ranks faulty (sign flip, scaled noise, "a little is enough"), DDP with the
   mean against nearest-neighbour mixing + coordinate-wise trimmed mean
-  (:func:`~diffgrad.distributed.robust_comm_hook`, worker momentum as in MoNNA), diffGrad on top.
+  (:func:`~diffgrad.distributed.robust_comm_hook`; of the gradients, or with ``robust_momentum``
+  of worker momenta as in MoNNA), diffGrad on top.
 
 The global batch is cut into equal per-rank slices, so it must divide by the number of ranks.
 """
@@ -62,8 +63,8 @@ class WireSettings:
     freeze_step: int = 80
     lr: float = 3e-3
     seeds: tuple[int, ...] = (0, 1, 2, 3)
-    robust_steps: int = 300
-    robust_momentum: float = 0.9
+    robust_steps: int = 400
+    robust_momentum: float = 0.0  # 0: the gradients are aggregated; diffGrad's own m and ξ act on the aggregate
     faulty_ranks: tuple[int, ...] = (3,)
     attacks: dict[str, float] = field(default_factory=lambda: {"sign_flip": 4.0, "noise": 10.0, "alie": 1.0})
 
