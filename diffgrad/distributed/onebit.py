@@ -215,9 +215,13 @@ class OneBitDiffGrad(Optimizer):
             if not compressing:
                 if not self._ddp_averages:
                     self._average(lists.grads)
-                if group["xi_source"] == "frozen" and int(lists.state_steps[0]) + 1 == group["freeze_step"]:
-                    self._freeze_friction(lists, hyper)
+                freezing = group["xi_source"] == "frozen" and int(lists.state_steps[0]) + 1 == group["freeze_step"]
+                if freezing:
+                    grads = _effective_grads(lists.grads, lists.params, hyper["weight_decay"])
+                    deltas = [prev.sub(g) for prev, g in zip(lists.previous_grads, grads)]
                 _warmup_diffgrad(lists, hyper)
+                if freezing:
+                    self._freeze_friction(lists, hyper, deltas, grads)
                 continue
             if index not in self._layouts:
                 self._layouts[index] = ChunkLayout([p.numel() for p in lists.params], self.world_size)
@@ -241,11 +245,13 @@ class OneBitDiffGrad(Optimizer):
         for g, chunk in zip(grads, flat.split([g.numel() for g in grads])):
             g.copy_(chunk.view_as(g))
 
-    def _freeze_friction(self, lists: _Group, hyper: dict[str, Any]) -> None:
-        """Keep ξ_T of the last warm-up step in the state (``xi_source="frozen"``)."""
-        grads = _effective_grads(lists.grads, lists.params, hyper["weight_decay"])
-        deltas = [prev.sub(g) for prev, g in zip(lists.previous_grads, grads)]
-        for p, xi in zip(lists.params, friction_(hyper["friction"], deltas, grads)):  # Eq. 17–19
+    def _freeze_friction(self, lists: _Group, hyper: dict[str, Any], deltas: list[Tensor], grads: list[Tensor]) -> None:
+        """Keep ξ_T of the last warm-up step (``xi_source="frozen"``): from Δg_T = ḡ_{T−1} − ḡ_T
+        (``deltas``, taken before the step) and, for a friction relative to the step's
+        denominator, sqrt(v̂_T) + ε after it."""
+        bias_correction2_sqrt = (1 - hyper["beta2"] ** int(lists.state_steps[0])) ** 0.5
+        denoms = [(v.sqrt() / bias_correction2_sqrt).add_(hyper["eps"]) for v in lists.exp_avg_sqs]
+        for p, xi in zip(lists.params, friction_(hyper["friction"], deltas, grads, denoms=denoms)):  # Eq. 17–19
             self.state[p]["frozen_friction"] = xi
 
 
@@ -319,14 +325,15 @@ def _onebit_diffgrad(
 
     bias_correction2_sqrt = (1 - beta2**freeze_step) ** 0.5  # v̂ stays v_T/(1 − β2^T)
     for i, (param, exp_avg, exp_avg_sq, step_t) in enumerate(zip(params, exp_avgs, exp_avg_sqs, state_steps)):
+        denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
         update = exp_avg.clone()
         if implied:
             average_grad = scaled_previous[i].sub_(exp_avg).div_(beta1 - 1)  # ḡ_t = (m̄_t − β1·m̄_{t−1})/(1 − β1)
-            (xi,) = friction_(friction, [previous_grads[i].sub(average_grad)], [average_grad])  # Eq. 17–19
+            deltas = [previous_grads[i].sub(average_grad)]
+            (xi,) = friction_(friction, deltas, [average_grad], denoms=[denom])  # Eq. 17–19
             previous_grads[i].copy_(average_grad)
             update.mul_(xi)
         elif with_friction:
             update.mul_(frozen_frictions[i])
         bias_correction1 = 1 - beta1 ** step_t.item()  # Eq. 13
-        denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
         param.sub_(update.div_(denom).mul_(lr / bias_correction1))  # Eq. 20

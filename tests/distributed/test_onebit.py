@@ -21,6 +21,9 @@ VARIANTS = {
     "xi_frozen": {"freeze_step": FREEZE, "xi_source": "frozen"},
     "adam": {"freeze_step": FREEZE, "friction": None},
     "dfc3_wd": {"freeze_step": FREEZE, "friction": "dfc3", "weight_decay": 0.05},
+    # relative to the step's denominator: ξ needs sqrt(v̂) + ε in both readings
+    "dfc_rms_momentum": {"freeze_step": FREEZE, "friction": "dfc-rms"},
+    "dfc_rms_frozen": {"freeze_step": FREEZE, "friction": "dfc-rms", "xi_source": "frozen"},
 }
 
 
