@@ -293,7 +293,7 @@ def render(settings: WireSettings, results: dict[str, Any], seconds: float) -> s
             [
                 ["fp32 gradient all-reduce (exact, and the 1-bit warm-up)", _kib(exact), "1"],
                 ["1-bit momentum (all_to_all + all_gather)", _kib(onebit), f"1/{exact / onebit:.1f}"],
-                [f"robust hook (all_gather of {n} momenta)", _kib(robust), f"{robust / exact:.2f}"],
+                [f"robust hook (all_gather of the {n} ranks' vectors)", _kib(robust), f"{robust / exact:.2f}"],
             ],
             "lrr",
         )

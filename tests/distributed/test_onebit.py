@@ -122,3 +122,13 @@ def test_docs_examples_run(tmp_path, code, ranks, name) -> None:
     """docs/communication.md cannot rot: each example runs on the ranks its first line names."""
     (tmp_path / name).write_text(code)
     pool4().run(script_task, str(tmp_path / name), world_size=int(ranks), init_process_group=False, cwd=str(tmp_path))
+
+
+def test_lab_refuses_a_batch_that_does_not_divide_into_the_ranks(capsys) -> None:
+    from diffgrad.cli import main
+    from diffgrad.lab.wire import WireSettings
+
+    with pytest.raises(ValueError, match="the global batch of 64 does not divide into 3 equal rank slices"):
+        WireSettings(world_size=3).check()
+    assert main(["wire", "--ranks", "3", "--out", "unused"]) == 2
+    assert "does not divide into 3" in capsys.readouterr().err
