@@ -13,7 +13,9 @@ def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
 
 
-def friction(name: str, delta: float, mu: float, nu: float, denom: float, slope: float | None = None) -> float:
+def friction(
+    name: str, delta: float, mu: float, nu: float, denom: float | None = None, slope: float | None = None
+) -> float:
     """ξ for Δg = g_{t-1} − g_t (paper Eq. 19 and Table II; dfc-rms: docs/paper.md §10, with
     ``denom`` = sqrt(v̂_t) + ε). ``slope`` replaces the constant slope of dfc, dfc1, dfc2 and is κ
     of dfc-rms."""
@@ -24,7 +26,7 @@ def friction(name: str, delta: float, mu: float, nu: float, denom: float, slope:
     if name == "dfc2":
         return 9.0 / (1.0 + math.exp(-(0.5 if slope is None else slope) * abs(delta))) - 4.0
     if name == "dfc-rms":
-        assert slope is not None, "dfc-rms needs κ"
+        assert slope is not None and denom is not None, "dfc-rms needs κ and sqrt(v̂_t) + ε"
         return _sigmoid(slope * abs(delta) / denom)
     if name == "dfc3":
         return _sigmoid(nu * abs(delta) - mu)
