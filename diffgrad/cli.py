@@ -376,7 +376,7 @@ def _add_reproduce(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="small budgets, one stand-in workload, fewer seeds: every section in 1 to 2.5 minutes "
+        help="small budgets, one stand-in workload, fewer seeds: every section in about 1.5 minutes "
         "on 2 CPU cores (noted in the report)",
     )
     parser.add_argument(
