@@ -22,7 +22,7 @@ __all__ = [
     "friction_curves",
     "friction_summary",
     "layer_kinds",
-    "near_half_share",
+    "run_average",
 ]
 
 QUANTILES = {"q05": 0.05, "q50": 0.5, "q95": 0.95}
@@ -99,8 +99,8 @@ def friction_curves(runs: Sequence[Sequence[Mapping[str, Any]]]) -> dict[str, di
     return dict(sorted(curves.items(), key=lambda item: (item[0] != ALL, item[0])))
 
 
-def near_half_share(run: Sequence[Mapping[str, Any]]) -> float | None:
-    """The share of elements within :data:`NEAR_HALF` of 0.5 over all tensors, averaged over a run's
-    evaluations; None when the run recorded no ξ."""
-    shares = [entry["groups"][ALL]["near_half"] for entry in run if ALL in entry["groups"]]
-    return sum(shares) / len(shares) if shares else None
+def run_average(run: Sequence[Mapping[str, Any]], key: str) -> float | None:
+    """One statistic of ξ over all tensors (``"mean"``, ``"near_half"``, a quantile key), averaged
+    over a run's evaluations; None when the run recorded no ξ."""
+    values = [entry["groups"][ALL][key] for entry in run if ALL in entry["groups"]]
+    return sum(values) / len(values) if values else None

@@ -23,7 +23,7 @@ from typing import Any
 from diffgrad.lab import claims as cl
 from diffgrad.lab import paper
 from diffgrad.lab.claims import Claim, Ranking
-from diffgrad.lab.diagnostics import friction_curves, near_half_share
+from diffgrad.lab.diagnostics import friction_curves, run_average
 from diffgrad.lab.online import PROBLEMS, average_regret
 from diffgrad.lab.registry import create_optimizer, get_optimizer_spec
 from diffgrad.lab.report import Document, Image, Problem, Results, Section, format_table, plots
@@ -181,24 +181,28 @@ def reproduce(
     rdb = open_storage(url)
 
     datasets = _paper_workloads(scale, data_dir)
-    plans = _paper_plans(scale, datasets) + _fair_plans(scale) + _family_plans(scale) + _scale_free_plans(scale)
+    plans = [
+        *_paper_plans(scale, datasets),
+        *_tuned_plans(scale, scale.fair_workloads, scale.fair_optimizers, FAIR_TAG),
+        *_tuned_plans(scale, scale.family_workloads, ("adam", "diffgrad", *FAMILY_OPTIMIZERS), FAMILY_TAG),
+        *_tuned_plans(scale, scale.scale_free_workloads, SCALE_FREE_OPTIMIZERS, SCALE_FREE_TAG),
+    ]
     run_studies(plans, rdb, device=device, progress=progress)  # every training run; resumes what is missing
     # The loss-scale runs take the learning rates the fair comparison selected.
     run_studies(_scale_plans(scale, load_records(url)), rdb, device=device, progress=progress)
     records = load_records(url)
 
-    builders: list[Callable[[], Built]] = [
-        lambda: one_d_section(plot_dir, rdb),
-        lambda: regret_section(plot_dir, scale.regret_horizon, rdb),
-        lambda: table1_section(records, datasets, plot_dir, url),
-        lambda: variants_section(records, datasets),
-        lambda: friction_section(records, datasets, plot_dir),
-        lambda: fair_section(url, plot_dir),
-        lambda: family_section(url, plot_dir),
-        lambda: scale_section(records, plot_dir),
-        lambda: scale_free_section(records, url, plot_dir),
+    built = [
+        one_d_section(plot_dir, rdb),
+        regret_section(plot_dir, scale.regret_horizon, rdb),
+        table1_section(records, datasets, plot_dir, url),
+        variants_section(records, datasets),
+        friction_section(records, datasets, plot_dir),
+        fair_section(url, plot_dir),
+        family_section(url, plot_dir),
+        scale_section(records, plot_dir),
+        scale_free_section(records, url, plot_dir),
     ]
-    built = [build() for build in builders]
     claims = [c for b in built for c in b.claims]
     intro = _intro(scale, datasets, url, records)
     verdict = verdict_section(claims)
@@ -274,54 +278,24 @@ def _paper_tag(batch_size: int, activation: str = "relu") -> str:
     return f"paper-bs{batch_size}" + ("" if activation == "relu" else f"-{activation}")
 
 
-def _tuned_plans(
-    workloads: Sequence[str], optimizers: Sequence[str], *, budget: int, seeds: int, steps: int | None, tag: str
-) -> list[StudyPlan]:
-    """The tuned protocol: equal budgets, validation selection, test scores over fresh seeds."""
+def _tuned_plans(scale: Scale, workloads: Sequence[str], optimizers: Sequence[str], tag: str) -> list[StudyPlan]:
+    """The tuned protocol at the scale's budget: equal tuning trials, validation selection, test
+    scores over fresh seeds (sections 6, 7 and 9)."""
     available = [o for o in optimizers if get_optimizer_spec(o).available]
     return [
         plan
         for w in workloads
         for plan in plan_compare(
-            w, available, protocol="tuned", budget=budget, seeds=seeds, steps=steps, schedule="step", tag=tag
+            w,
+            available,
+            protocol="tuned",
+            budget=scale.fair_budget,
+            seeds=scale.fair_seeds,
+            steps=scale.fair_steps,
+            schedule="step",
+            tag=tag,
         )
     ]
-
-
-def _fair_plans(scale: Scale) -> list[StudyPlan]:
-    """Section 6: the paper's optimizers and their peers."""
-    return _tuned_plans(
-        scale.fair_workloads,
-        scale.fair_optimizers,
-        budget=scale.fair_budget,
-        seeds=scale.fair_seeds,
-        steps=scale.fair_steps,
-        tag=FAIR_TAG,
-    )
-
-
-def _family_plans(scale: Scale) -> list[StudyPlan]:
-    """Section 7: the diffGrad family, plain diffGrad and Adam."""
-    return _tuned_plans(
-        scale.family_workloads,
-        ("adam", "diffgrad", *FAMILY_OPTIMIZERS),
-        budget=scale.fair_budget,
-        seeds=scale.fair_seeds,
-        steps=scale.fair_steps,
-        tag=FAMILY_TAG,
-    )
-
-
-def _scale_free_plans(scale: Scale) -> list[StudyPlan]:
-    """Section 9: the scale-free friction against diffGrad and its controls."""
-    return _tuned_plans(
-        scale.scale_free_workloads,
-        SCALE_FREE_OPTIMIZERS,
-        budget=scale.fair_budget,
-        seeds=scale.fair_seeds,
-        steps=scale.fair_steps,
-        tag=SCALE_FREE_TAG,
-    )
 
 
 def _tuned_lr(records: Sequence[RunRecord], workload: str, optimizer: str) -> float | None:
@@ -749,7 +723,7 @@ def friction_section(records: Sequence[RunRecord], datasets: Sequence[PaperDatas
             for opt, runs in by_opt.items():
                 rows += _friction_rows(f"{opt}, batch {bs}", runs)
             for r in by_opt["diffgrad"]:
-                share = near_half_share(r.friction)
+                share = run_average(r.friction, "near_half")
                 if share is not None:
                     shares[f"{ds.workload} batch {bs} seed {r.seed}"] = share
             if bs == paper.BATCH_SIZES[-1] and curves:
@@ -885,12 +859,6 @@ def family_section(url: str, plot_dir: Path) -> Built:
 # ---------------------------------------------------------------------------------- loss scale
 
 
-def _mean_xi(record: RunRecord) -> float | None:
-    """ξ's mean over all elements, averaged over a run's evaluations; None when not recorded."""
-    means = [entry["groups"]["all"]["mean"] for entry in record.friction if "all" in entry["groups"]]
-    return sum(means) / len(means) if means else None
-
-
 def _scale_runs(runs: Sequence[RunRecord], workload: str, optimizer: str, scale: float) -> list[RunRecord]:
     return [r for r in runs if r.workload == workload and r.optimizer == optimizer and r.loss_scale == scale]
 
@@ -921,7 +889,10 @@ def scale_section(records: Sequence[RunRecord], plot_dir: Path) -> Built:
             metric[opt] = {
                 s: _by_seed(_scale_runs(runs, workload, opt, s), lambda r: r.test_metric) for s in LOSS_SCALES
             }
-            xis[opt] = {s: _by_seed(_scale_runs(runs, workload, opt, s), _mean_xi) for s in LOSS_SCALES}
+            xis[opt] = {
+                s: _by_seed(_scale_runs(runs, workload, opt, s), lambda r: run_average(r.friction, "mean"))
+                for s in LOSS_SCALES
+            }
             lr = next((r.hparams["lr"] for r in runs if r.workload == workload and r.optimizer == opt), math.nan)
             for s in LOSS_SCALES:
                 xi = mean_ci(xis[opt][s].values())
@@ -1002,7 +973,7 @@ def scale_free_section(records: Sequence[RunRecord], url: str, plot_dir: Path) -
                 found.append(cl.better_claim(f"Scale-free, {r.workload}: {a} beats {b}", [r], a, b))
         finals = {o: _final_runs(records, r.workload, o, SCALE_FREE_TAG) for o in r.scores}
         for opt in r.ranked:
-            xi = mean_ci(_by_seed(finals[opt], _mean_xi).values())
+            xi = mean_ci(_by_seed(finals[opt], lambda r: run_average(r.friction, "mean")).values())
             slopes = sorted(
                 {f"{run.hparams['friction_slope']:.3g}" for run in finals[opt] if "friction_slope" in run.hparams}
             )

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from diffgrad.lab import runner
-from diffgrad.lab.diagnostics import friction_curves, friction_summary, layer_kinds, near_half_share
+from diffgrad.lab.diagnostics import friction_curves, friction_summary, layer_kinds, run_average
 from diffgrad.lab.storage import load_records
 from diffgrad.lab.train import train
 from diffgrad.lab.workloads.base import Budget
@@ -54,7 +54,8 @@ def test_friction_curves_average_runs_at_shared_steps() -> None:
     curves = friction_curves([run(0.5, (8, 16)), run(0.7, (8, 16, 20))])
     assert list(curves) == ["all", "linear"]  # overall first
     assert curves["all"]["steps"] == [8.0, 16.0] and curves["all"]["mean"] == pytest.approx([0.6, 0.6])
-    assert near_half_share(run(0.5, (8, 16))) == 1.0 and near_half_share([]) is None
+    assert run_average(run(0.5, (8, 16)), "near_half") == 1.0 and run_average([], "near_half") is None
+    assert run_average(run(0.5, (8, 16)) + run(0.7, (20,)), "mean") == pytest.approx(0.7 / 3 + 1 / 3)
 
 
 def test_train_records_friction_at_each_evaluation_only_for_diffgrad() -> None:

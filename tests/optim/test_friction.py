@@ -8,7 +8,7 @@ import torch
 
 from diffgrad import FRICTIONS, DiffGrad, record_friction
 from diffgrad.optim import DFC_RMS_SLOPE
-from optim_info import HP, PATHS
+from optim_info import HP, OPTION_SETS, PATHS
 from reference import RefState, reference_kwargs, reference_step
 
 SCALES = (1e-2, 1.0, 1e2)
@@ -100,13 +100,7 @@ def _probe_params() -> list[torch.Tensor]:
 
 PROBE_OPTIONS = {
     **{name: {"friction": name} for name in FRICTIONS},
-    "dfc-rms_slope3_wd_amsgrad_maximize": {
-        "friction": "dfc-rms",
-        "friction_slope": 3.0,
-        "weight_decay": 0.1,
-        "amsgrad": True,
-        "maximize": True,
-    },
+    "dfc-rms_slope3_wd_amsgrad_maximize": OPTION_SETS["dfc-rms_slope3_wd_amsgrad_maximize"],
     "dfc3_centralize_decoupled": {"friction": "dfc3", "centralize": True, "weight_decay": 0.1,
                                   "decoupled_weight_decay": True},
 }  # fmt: skip
