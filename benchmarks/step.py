@@ -96,9 +96,9 @@ def resnet50_shapes(width_scale: float = 1.0, num_classes: int = 10) -> list[tup
 MODIFIERS = ("rectify", "adanorm", "adainject", "cautious", "centralize")
 
 
-def candidates(fused_variants: bool, modifiers: bool = False, device: str = "cpu") -> dict[str, Factory]:
-    """The optimizers to time on ``device``, by row name; the first is the anchor of the ratios.
-    DiffGrad's fused kernel is a CPU kernel: its rows are left out on other devices."""
+def candidates(fused_variants: bool, modifiers: bool = False) -> dict[str, Factory]:
+    """The optimizers to time, by row name; the first is the anchor of the ratios.
+    DiffGrad's fused rows run the C++ kernel on CPU and the Triton kernel on CUDA."""
     rows: dict[str, Factory] = {
         "Adam fused (anchor)": lambda p: torch.optim.Adam(p, fused=True),
         "Adam default": lambda p: torch.optim.Adam(p),
@@ -137,14 +137,12 @@ def candidates(fused_variants: bool, modifiers: bool = False, device: str = "cpu
     if fused_variants:
         rows["DiffGrad default bf16 state"] = lambda p: DiffGrad(p, state_dtype=torch.bfloat16)
         rows["DiffGrad default 8-bit state"] = lambda p: DiffGrad(p, state_dtype="8bit")
-    cpu = torch.device(device).type == "cpu"
-    if cpu:
-        rows["DiffGrad fused"] = lambda p: DiffGrad(p, fused=True)
-    if cpu and fused_variants:
+    rows["DiffGrad fused"] = lambda p: DiffGrad(p, fused=True)
+    if fused_variants:
         rows["DiffGrad fused bf16 state"] = lambda p: DiffGrad(p, fused=True, state_dtype=torch.bfloat16)
         rows["DiffGrad fused 8-bit state"] = lambda p: DiffGrad(p, fused=True, state_dtype="8bit")
     if modifiers:
-        for path, options in (("default", {}), ("fused", {"fused": True}))[: 2 if cpu else 1]:
+        for path, options in (("default", {}), ("fused", {"fused": True})):
             for name in MODIFIERS:
                 rows[f"DiffGrad {path} +{name}"] = lambda p, o={**options, name: True}: DiffGrad(p, **o)
     return rows
@@ -296,9 +294,14 @@ def _params(shapes: list[tuple[int, ...]], device: torch.device, dtype: torch.dt
 
 def first_steps(row: str, case: str, argv: list[str]) -> tuple[float, float]:
     """(cold, warm) seconds of ``row``'s first step on ``case``, each in a new process: cold with
-    empty Inductor and DiffGrad kernel caches, warm with what the cold process left there."""
+    empty Inductor, Triton and DiffGrad kernel caches, warm with what the cold process left there."""
     cache = tempfile.mkdtemp(prefix="diffgrad-bench-cache-")
-    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": f"{cache}/inductor", "DIFFGRAD_CACHE_DIR": f"{cache}/diffgrad"}
+    env = {
+        **os.environ,
+        "TORCHINDUCTOR_CACHE_DIR": f"{cache}/inductor",
+        "TRITON_CACHE_DIR": f"{cache}/triton",
+        "DIFFGRAD_CACHE_DIR": f"{cache}/diffgrad",
+    }
     command = [sys.executable, __file__, *argv, "--cases", case, "--first-step-of", row]
     try:
         seconds = []
@@ -410,7 +413,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
-    rows = candidates(fused_variants=not args.no_compact, modifiers=args.modifiers, device=args.device)
+    rows = candidates(fused_variants=not args.no_compact, modifiers=args.modifiers)
     if args.first_step_of:
         opt = rows[args.first_step_of](_params(case_shapes(args.cases, args.scale), device, dtype))
         print(_timed(opt.step, device))

@@ -68,9 +68,10 @@ class DiffGrad(Optimizer):
         foreach: ``True``: the ``torch._foreach_*`` implementation; ``False``: the per-tensor
             loop. ``None`` (default): CPU tensors take the fused kernel where a C++ compiler can
             build it (else the per-tensor loop), tensors on other devices the foreach path.
-        fused: use the single-pass kernel (:mod:`diffgrad.optim.fused`, CPU tensors): one pass
-            over every element reads θ, g and the state and writes θ and the state. It is C++,
-            compiled once per machine on first use (a few seconds) and cached on disk.
+        fused: use the single-pass kernel: one pass over every element reads θ, g and the state
+            and writes θ and the state. For CPU tensors it is C++ (:mod:`diffgrad.optim.fused`),
+            compiled once per machine on first use (a few seconds) and cached on disk; for CUDA
+            tensors a Triton kernel (:mod:`diffgrad.optim.fused_triton`).
             Cannot be combined with ``foreach``.
         rectify: rectified diffGrad (diffRGrad): RAdam's rectification of the step; see
             :mod:`diffgrad.optim.modifiers` for this and the other modifiers' equations.

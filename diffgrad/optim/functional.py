@@ -14,7 +14,8 @@ and g_t then goes into the optimizer's own ``previous_grad`` buffer (never an al
 
 * :func:`_single_tensor_diffgrad` writes these equations for one tensor at a time;
 * :func:`_multi_tensor_diffgrad` writes the same equations with ``torch._foreach_*`` kernels;
-* ``fused=True`` runs the single-pass kernel of :mod:`diffgrad.optim.fused` (CPU tensors);
+* ``fused=True`` runs a single-pass kernel: :mod:`diffgrad.optim.fused` (C++) for CPU tensors,
+  :mod:`diffgrad.optim.fused_triton` (Triton) for CUDA tensors;
 * ``foreach=None`` (the default) runs that kernel for CPU tensors where it can be built (a C++
   compiler is present), else the per-tensor path, and the foreach path on other devices; under
   ``torch.compile``, which cannot trace the kernel, the reference paths.
@@ -411,27 +412,49 @@ def _kernel_available() -> bool:
     return True
 
 
-# Dynamo cannot trace the kernel's ctypes call: inside torch.compile the call runs as it is, at one
+# Dynamo cannot trace the kernels' launches: inside torch.compile the call runs as it is, at one
 # graph break, instead of Dynamo trying (and breaking at) each line that prepares it.
 @torch.compiler.disable
 def _fused_diffgrad(state: _State, hyper: dict[str, Any]) -> None:
-    """The single-pass kernel (CPU). A DTensor (FSDP2) parameter's element-wise step needs only
-    its local shard; one whose step takes whole-tensor statistics (DFC3–5, AdaNorm, cautious)
-    needs collectives, which the per-tensor path's DTensor reductions provide."""
+    """The single-pass kernels: the C++ one for CPU tensors, the Triton one for CUDA tensors. A
+    DTensor (FSDP2) parameter's element-wise step needs only its local shard; one whose step
+    takes whole-tensor statistics (DFC3–5, AdaNorm, cautious) needs collectives, which the
+    per-tensor path's DTensor reductions provide."""
     sharded = [i for i, p in enumerate(state.params) if is_traceable_wrapper_subclass(p)]
     if sharded and (hyper["friction"].uses_stats or hyper["modifiers"].whole_tensor):
         _stepped_unpacked(_single_tensor_diffgrad, state.subset(sharded), hyper)
         state = state.subset([i for i in range(len(state.params)) if i not in set(sharded)])
     elif sharded:
         state = _State(*([_local(t) for t in values] for values in state))
-    for p in state.params:
-        if p.device.type != "cpu":
+    by_device: dict[str, list[int]] = {}
+    for i, p in enumerate(state.params):
+        by_device.setdefault(p.device.type, []).append(i)
+    for device in by_device:
+        if device not in ("cpu", "cuda"):
             raise RuntimeError(
-                f"DiffGrad(fused=True) supports CPU tensors; got a parameter on {p.device} "
+                f"DiffGrad(fused=True) supports CPU and CUDA tensors; got a parameter on {device} "
                 "(use the default foreach=None there)"
             )
-    if state.params:
-        fused_kernel.fused_diffgrad_cpu(*state, **hyper)
+    for device, indices in by_device.items():
+        step = fused_kernel.fused_diffgrad_cpu if device == "cpu" else _fused_diffgrad_cuda
+        step(*(state if len(indices) == len(state.params) else state.subset(indices)), **hyper)
+
+
+def _fused_diffgrad_cuda(*tensors: list[Any], **hyper: Any) -> None:
+    """The Triton kernel, on plain and bfloat16 state as it is stored; 8-bit state is decoded
+    before it and encoded after it, as for the reference paths."""
+    try:
+        from diffgrad.optim.fused_triton import fused_diffgrad_triton
+    except ImportError as error:
+        raise RuntimeError(
+            f"DiffGrad(fused=True) on CUDA tensors runs a Triton kernel, and Triton does not import here ({error}); "
+            "install the triton that matches your torch, or use the default foreach=None"
+        ) from error
+    state = _State(*tensors)
+    if any(isinstance(b, Blockwise8) for buffers in state[2:6] for b in buffers):
+        _stepped_unpacked(fused_diffgrad_triton, state, hyper)
+    else:
+        fused_diffgrad_triton(*cast("tuple[Any, ...]", state), **hyper)
 
 
 def _local(t: Any) -> Any:

@@ -14,8 +14,7 @@ from optim_info import DEVICES, EVERY_MODIFIER, EXPLICIT_PATHS, HP, MODIFIER_SET
 from reference import RefState, reference_kwargs, reference_step
 
 IMPLEMENTATIONS = EXPLICIT_PATHS
-CASES = [(device, impl, name) for device in DEVICES for impl in IMPLEMENTATIONS for name in MODIFIER_SETS
-         if impl != "fused" or device == "cpu"]  # fmt: skip
+CASES = [(device, impl, name) for device in DEVICES for impl in IMPLEMENTATIONS for name in MODIFIER_SETS]
 
 
 def _params(device: str = "cpu") -> list[torch.Tensor]:

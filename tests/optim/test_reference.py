@@ -30,8 +30,6 @@ def _make_params(seed: int, device: str = "cpu") -> tuple[list[torch.Tensor], li
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 @pytest.mark.parametrize("option_set", OPTION_SETS)
 def test_matches_reference_on_every_state_key(device: str, impl: str, option_set: str) -> None:
-    if impl == "fused" and device != "cpu":
-        pytest.skip("the fused kernel is implemented for CPU tensors")
     options = OPTION_SETS[option_set]
     trained, frozen = _make_params(0, device)
     opt = DiffGrad(trained + frozen, **HP, **options, **IMPLEMENTATIONS[impl])

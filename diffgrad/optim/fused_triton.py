@@ -1,0 +1,419 @@
+"""diffGrad's fused step on GPUs: one Triton kernel that reads each parameter, gradient and state
+element once and writes it once (paper Eq. 11–20), for all tensors of a group in one launch.
+
+The kernel computes what ``csrc/fused_step.cpp`` computes on CPUs, in the same order::
+
+    g  = grad·grad_factor (+ λθ, coupled decay)     first = g·ratio (AdaNorm), AdaInject's form
+    θ ← θ·(1 − αλ)                                  decoupled decay
+    m  = β1·m + (1 − β1)·first                      Eq. 11
+    v  = β2·v + (1 − β2)·g²                         Eq. 12   (v_max = max(v_max, v): AMSGrad)
+    ξ  = scale·sigmoid(slope·h(g_prev − g)/d − offset) + shift   Eq. 17–19
+    θ ← θ − (ξ·s_t/(sqrt(v) + ε_t) + w_t)·m         Eq. 13, 20 (masked as cautious asks)
+    g_prev ← g
+
+with s_t = α·r_t·sqrt(1 − β2^t)/(1 − β1^t), ε_t = ε·sqrt(1 − β2^t) and the warm-up's w_t = α·w/(1 − β1^t)
+(r_t, w from RAdam's rule when rectified; r_t = 1, w = 0 otherwise). d is 1, or sqrt(v̂) + ε for a
+relative friction, whose slope then takes the factor sqrt(1 − β2^t).
+
+A launch covers the tensors of one parameter dtype, gradient dtype, state dtypes and step count:
+a table of their addresses, one program per ``BLOCK`` elements of one tensor. Parameters and state
+are read and written in their own dtypes (bfloat16 state included) with the arithmetic in the
+compute dtype. What needs a whole tensor happens first, with torch operations on the device:
+centralisation, the statistics μ, ν of DFC3–5, AdaNorm's norm, and cautious masking's count (a
+counting launch of the same kernel). 8-bit state is decoded before the launch and encoded after
+it, as for the reference paths; non-contiguous parameters and state go through contiguous copies.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import cast
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from diffgrad.optim.friction import Friction, abs_grad_stats
+from diffgrad.optim.modifiers import Modifiers, adainject_scale, adanorm_ratio_, centralized, rectification
+from diffgrad.optim.state import compute_dtype
+
+__all__ = ["fused_diffgrad_triton"]
+
+BLOCK = 1024
+# Rows of the address table: param, grad, exp_avg, exp_avg_sq, previous_grad, max_exp_avg_sq,
+# previous_param (0 where absent), then the element counts.
+_ROWS = 8
+# The group's coefficients, in this order, as float64 after the table.
+_COEFFICIENTS = (
+    "grad_factor", "weight_decay", "decay", "beta1", "beta2", "eps", "step_size", "momentum_step",
+    "inject_scale", "slope", "scale", "shift",
+)  # fmt: skip
+# Per-tensor scalars (compute dtype), one row per tensor: AdaNorm's ratio, the friction's slope
+# and offset (DFC3–5), cautious masking's N/(Σmask + 1).
+_CAUTIOUS_SCALE = 3
+
+_TL_DTYPES = {
+    torch.float32: tl.float32,
+    torch.float64: tl.float64,
+    torch.bfloat16: tl.bfloat16,
+    torch.float16: tl.float16,
+}
+
+
+@triton.jit
+def _array(addresses, row, n_tensors, tensor, DTYPE: tl.constexpr):
+    return tl.load(addresses + row * n_tensors + tensor).to(tl.pointer_type(DTYPE))
+
+
+# In float32, tl.sqrt and "/" compile to approximations; the _rn forms round as torch does (and
+# take float32 only: in float64 the plain forms are already correctly rounded).
+@triton.jit
+def _sqrt(x, COMPUTE: tl.constexpr):
+    if tl.float32 == COMPUTE:
+        return tl.sqrt_rn(x)
+    else:
+        return tl.sqrt(x)
+
+
+@triton.jit
+def _div(x, y, COMPUTE: tl.constexpr):
+    if tl.float32 == COMPUTE:
+        return tl.div_rn(x, y)
+    else:
+        return x / y
+
+
+# Triton's interpreter (3.x) truncates float32 to bfloat16 where compiled code rounds to nearest
+# even; rounding the bits here gives torch's rounding in both (NaN stays NaN).
+@triton.jit
+def _cast(x, DTYPE: tl.constexpr):
+    if tl.bfloat16 == DTYPE:
+        bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
+        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+        rounded = tl.where(x != x, 0x7FC0, rounded)
+        return rounded.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    else:
+        return x.to(DTYPE)
+
+
+@triton.jit
+def _diffgrad_kernel(
+    addresses,  # int64 [_ROWS, n_tensors]
+    coefficients,  # float64 [len(_COEFFICIENTS)]
+    tensor_scalars,  # COMPUTE [n_tensors, 4], read with PER_TENSOR
+    counts,  # int64 [n_tensors], cautious masking's Σmask (COUNT_ONLY adds to it)
+    chunk_tensors,  # int32 [programs]: the tensor of each program
+    chunk_starts,  # int64 [programs]: its first element
+    n_tensors,
+    PARAM: tl.constexpr,
+    GRAD: tl.constexpr,
+    EXP_AVG: tl.constexpr,
+    EXP_AVG_SQ: tl.constexpr,
+    PREVIOUS_GRAD: tl.constexpr,
+    MAX_EXP_AVG_SQ: tl.constexpr,
+    COMPUTE: tl.constexpr,
+    COUPLED: tl.constexpr,
+    AMSGRAD: tl.constexpr,
+    ABSOLUTE: tl.constexpr,
+    RELATIVE: tl.constexpr,
+    PER_TENSOR: tl.constexpr,
+    INJECT: tl.constexpr,
+    CAUTIOUS: tl.constexpr,
+    COUNT_ONLY: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    program = tl.program_id(0)
+    tensor = tl.load(chunk_tensors + program)
+    offsets = tl.load(chunk_starts + program) + tl.arange(0, BLOCK)
+    mask = offsets < tl.load(addresses + 7 * n_tensors + tensor)  # the table's last row: numel
+
+    grad_factor = tl.load(coefficients + 0).to(COMPUTE)
+    weight_decay = tl.load(coefficients + 1).to(COMPUTE)
+    decay = tl.load(coefficients + 2).to(COMPUTE)
+    beta1 = tl.load(coefficients + 3).to(COMPUTE)
+    beta2 = tl.load(coefficients + 4).to(COMPUTE)
+    eps = tl.load(coefficients + 5).to(COMPUTE)
+    step_size = tl.load(coefficients + 6).to(COMPUTE)
+    momentum_step = tl.load(coefficients + 7).to(COMPUTE)
+    inject_scale = tl.load(coefficients + 8).to(COMPUTE)
+    slope = tl.load(coefficients + 9).to(COMPUTE)
+    scale = tl.load(coefficients + 10).to(COMPUTE)
+    shift = tl.load(coefficients + 11).to(COMPUTE)
+    ratio = 1.0
+    offset = 0.0
+    cautious_scale = 1.0
+    if PER_TENSOR:
+        ratio = tl.load(tensor_scalars + tensor * 4 + 0)
+        slope = tl.load(tensor_scalars + tensor * 4 + 1)
+        offset = tl.load(tensor_scalars + tensor * 4 + 2)
+        cautious_scale = tl.load(tensor_scalars + tensor * 4 + 3)
+
+    param_ptr = _array(addresses, 0, n_tensors, tensor, PARAM) + offsets
+    exp_avg_ptr = _array(addresses, 2, n_tensors, tensor, EXP_AVG) + offsets
+    exp_avg_sq_ptr = _array(addresses, 3, n_tensors, tensor, EXP_AVG_SQ) + offsets
+    previous_grad_ptr = _array(addresses, 4, n_tensors, tensor, PREVIOUS_GRAD) + offsets
+    theta = tl.load(param_ptr, mask=mask).to(COMPUTE)
+    g = tl.load(_array(addresses, 1, n_tensors, tensor, GRAD) + offsets, mask=mask).to(COMPUTE) * grad_factor
+    if COUPLED:
+        g = g + weight_decay * theta
+    first = g * ratio
+    if INJECT:
+        # Δθ = θ_{t−1} − θ_t, taken before the step moves θ; θ_{t−1} then takes θ_t.
+        previous_param_ptr = _array(addresses, 6, n_tensors, tensor, COMPUTE) + offsets
+        change = tl.load(previous_param_ptr, mask=mask) - theta
+        if not COUNT_ONLY:
+            tl.store(previous_param_ptr, theta, mask=mask)
+        first = (first + change * (first * first)) * inject_scale
+
+    m = beta1 * tl.load(exp_avg_ptr, mask=mask).to(COMPUTE) + (1.0 - beta1) * first  # Eq. 11
+    v = beta2 * tl.load(exp_avg_sq_ptr, mask=mask).to(COMPUTE) + (1.0 - beta2) * (g * g)  # Eq. 12
+    if not COUNT_ONLY:
+        tl.store(exp_avg_ptr, _cast(m, EXP_AVG), mask=mask)
+        tl.store(exp_avg_sq_ptr, _cast(v, EXP_AVG_SQ), mask=mask)
+    if AMSGRAD:
+        max_ptr = _array(addresses, 5, n_tensors, tensor, MAX_EXP_AVG_SQ) + offsets
+        v_max = tl.load(max_ptr, mask=mask).to(COMPUTE)
+        v = tl.where((v > v_max) | (v != v), v, v_max)  # torch.maximum: NaN from either side
+        if not COUNT_ONLY:
+            tl.store(max_ptr, _cast(v, MAX_EXP_AVG_SQ), mask=mask)
+
+    root_eps = _sqrt(v, COMPUTE) + eps
+    change = tl.load(previous_grad_ptr, mask=mask).to(COMPUTE) - g  # Eq. 17
+    if not COUNT_ONLY:
+        tl.store(previous_grad_ptr, _cast(g, PREVIOUS_GRAD), mask=mask)
+    if ABSOLUTE:
+        change = tl.abs(change)
+    if RELATIVE:
+        change = _div(change, root_eps, COMPUTE)
+    xi = scale / (1.0 + tl.exp(offset - change * slope)) + shift  # Eq. 18–19
+    update = (_div(xi, root_eps, COMPUTE) * step_size + momentum_step) * m
+    if CAUTIOUS:
+        agrees = update * g > 0.0
+        if COUNT_ONLY:
+            tl.atomic_add(counts + tensor, tl.sum((agrees & mask).to(tl.int64), axis=0))
+        update = tl.where(agrees, update * cautious_scale, 0.0)
+    if not COUNT_ONLY:
+        tl.store(param_ptr, _cast(theta * decay - update, PARAM), mask=mask)  # Eq. 13, 20
+
+
+# ---------------------------------------------------------------------------------------------
+# The launches.
+
+
+def _real(t: Tensor) -> Tensor:
+    return torch.view_as_real(t) if t.is_complex() else t
+
+
+@functools.lru_cache(maxsize=64)
+def _chunks(device: torch.device, numels: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    """The tensor index and first element of every program, for tensors of these sizes."""
+    tensors = [i for i, n in enumerate(numels) for _ in range(0, n, BLOCK)]
+    starts = [s for n in numels for s in range(0, n, BLOCK)]
+    return (
+        torch.tensor(tensors, dtype=torch.int32).to(device),
+        torch.tensor(starts, dtype=torch.int64).to(device),
+    )
+
+
+def _coefficients(
+    step: float, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
+    decoupled_weight_decay: bool, grad_factor: float, friction: Friction, modifiers: Modifiers,
+) -> dict[str, float]:  # fmt: skip
+    """The group's scalars at step t (Eq. 13, 20), in Python floats."""
+    bias_correction1 = 1 - beta1**step
+    bias_correction2_sqrt = (1 - beta2**step) ** 0.5
+    ratio: float | Tensor = 1.0
+    warm: float | Tensor = 0.0
+    if modifiers.rectify:
+        ratio, warm = rectification(step, beta2, modifiers.rectify_threshold, modifiers.rectify_warmup)
+    return {
+        "grad_factor": grad_factor,
+        "weight_decay": weight_decay,
+        "decay": 1 - lr * weight_decay if decoupled_weight_decay else 1.0,
+        "beta1": beta1,
+        "beta2": beta2,
+        "eps": eps * bias_correction2_sqrt,
+        "step_size": lr * float(ratio) * bias_correction2_sqrt / bias_correction1,
+        "momentum_step": lr * float(warm) / bias_correction1,
+        "inject_scale": float(adainject_scale(step, modifiers.adainject_k)) if modifiers.adainject else 1.0,
+        "slope": friction.slope * _slope_factor(step, beta2, friction),
+        "scale": friction.scale,
+        "shift": friction.shift,
+    }
+
+
+def _slope_factor(step: float, beta2: float, friction: Friction) -> float:
+    """sqrt(1 − β2^t) for a relative friction, whose h/(sqrt(v̂) + ε) = sqrt(1 − β2^t)·h/(sqrt(v) + ε_t)."""
+    return (1 - beta2**step) ** 0.5 if friction.relative else 1.0
+
+
+def _launch(
+    arrays: Sequence[Sequence[Tensor | None]],
+    coefficients: dict[str, float],
+    tensor_scalars: Tensor | None,
+    counts: Tensor | None,
+    *,
+    coupled: bool,
+    friction: Friction,
+    modifiers: Modifiers,
+    count_only: bool = False,
+) -> None:
+    """One launch over the tensors whose contiguous arrays are ``arrays`` (one row per tensor:
+    param, grad, exp_avg, exp_avg_sq, previous_grad, max_exp_avg_sq or None, previous_param or None)."""
+    param, grad, exp_avg, exp_avg_sq, previous_grad = (cast(Tensor, t) for t in arrays[0][:5])
+    max_exp_avg_sq, previous_param = arrays[0][5:]
+    device, n = param.device, len(arrays)
+    numels = tuple(cast(Tensor, row[0]).numel() for row in arrays)
+    table = [[t.data_ptr() if t is not None else 0 for t in column] for column in zip(*arrays)]
+    table.append(list(numels))
+    host = torch.tensor([x for row in table for x in row], dtype=torch.int64)
+    scalars = torch.tensor([coefficients[name] for name in _COEFFICIENTS], dtype=torch.float64).view(torch.int64)
+    upload = torch.cat([host, scalars]).to(device)
+    chunk_tensors, chunk_starts = _chunks(device, numels)
+    compute = compute_dtype(param)
+    _diffgrad_kernel[(chunk_tensors.numel(),)](
+        upload,
+        upload[_ROWS * n :].view(torch.float64),
+        upload if tensor_scalars is None else tensor_scalars,
+        upload if counts is None else counts,
+        chunk_tensors,
+        chunk_starts,
+        n,
+        PARAM=_TL_DTYPES[param.dtype],
+        GRAD=_TL_DTYPES[grad.dtype],
+        EXP_AVG=_TL_DTYPES[exp_avg.dtype],
+        EXP_AVG_SQ=_TL_DTYPES[exp_avg_sq.dtype],
+        PREVIOUS_GRAD=_TL_DTYPES[previous_grad.dtype],
+        MAX_EXP_AVG_SQ=_TL_DTYPES[compute if max_exp_avg_sq is None else max_exp_avg_sq.dtype],
+        COMPUTE=_TL_DTYPES[compute],
+        COUPLED=coupled,
+        AMSGRAD=max_exp_avg_sq is not None,
+        ABSOLUTE=friction.absolute,
+        RELATIVE=friction.relative,
+        PER_TENSOR=tensor_scalars is not None,
+        INJECT=previous_param is not None,
+        CAUTIOUS=modifiers.cautious,
+        COUNT_ONLY=count_only,
+        BLOCK=BLOCK,
+    )
+
+
+def _contiguous(t: Tensor | None, dtype: torch.dtype | None, write_back: list[tuple[Tensor, Tensor]]) -> Tensor | None:
+    """``t`` as a contiguous real array in ``dtype`` (its own when None): itself where it is one,
+    else a copy, listed in ``write_back`` when the step writes it."""
+    if t is None or (t.is_contiguous() and not t.is_complex() and (dtype is None or t.dtype == dtype)):
+        return t
+    real = _real(t)
+    dtype = dtype or real.dtype
+    if real.is_contiguous() and real.dtype == dtype:
+        return real
+    copy = real.to(dtype, memory_format=torch.contiguous_format, copy=True)
+    write_back.append((real, copy))
+    return copy
+
+
+def fused_diffgrad_triton(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    previous_grads: list[Tensor],
+    max_exp_avg_sqs: list[Tensor],
+    state_steps: list[Tensor],
+    previous_params: list[Tensor],
+    exp_grad_norms: list[Tensor],
+    *,
+    grad_factor: float,
+    lr: float | Tensor,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    decoupled_weight_decay: bool,
+    amsgrad: bool,
+    friction: Friction,
+    modifiers: Modifiers,
+) -> None:
+    """One diffGrad step (Eq. 11–20 and the modifiers) by the Triton kernel, in place, with the
+    arguments of the reference paths in :mod:`diffgrad.optim.functional` (which calls it for
+    ``fused=True`` on GPUs, with 8-bit state already decoded): ``grad_factor`` is ±1/(AMP loss
+    scale); ``max_exp_avg_sqs`` is empty without AMSGrad, ``previous_params``/``exp_grad_norms``
+    empty unless AdaInject/AdaNorm is on. ``grads`` are read, never written."""
+    whole_tensor = friction.uses_stats or modifiers.adanorm or modifiers.centralize
+    coupled = weight_decay != 0.0 and not decoupled_weight_decay
+    # One launch per parameter dtype, gradient dtype, state dtypes and step count t.
+    torch._foreach_add_(state_steps, 1)
+    groups: dict[tuple[object, ...], tuple[float, list[int]]] = {}
+    for i, (param, step_t) in enumerate(zip(params, state_steps)):
+        if param.numel() == 0:
+            continue
+        step = step_t.item()
+        v_max = max_exp_avg_sqs[i].dtype if amsgrad else None
+        key = (
+            param.dtype,
+            grads[i].dtype,
+            exp_avgs[i].dtype,
+            exp_avg_sqs[i].dtype,
+            previous_grads[i].dtype,
+            v_max,
+            step,
+        )
+        groups.setdefault(key, (step, []))[1].append(i)
+
+    for step, indices in groups.values():
+        coefficients = _coefficients(
+            step, float(lr), beta1, beta2, eps, weight_decay, decoupled_weight_decay,
+            1.0 if whole_tensor else grad_factor, friction, modifiers,
+        )  # fmt: skip
+        write_back: list[tuple[Tensor, Tensor]] = []
+        arrays: list[list[Tensor | None]] = []
+        per_tensor: list[Tensor] = []
+        for i in indices:
+            param = params[i]
+            compute = compute_dtype(param)
+            grad = grads[i]
+            if whole_tensor:
+                # g_t of the whole tensor first (the kernel then takes it as it is).
+                grad = _real(grad).to(compute) * grad_factor
+                if modifiers.centralize:
+                    grad = centralized(grad)
+                if coupled:
+                    grad = grad.add(_real(param).to(compute), alpha=weight_decay)
+            arrays.append([
+                _contiguous(param, None, write_back),
+                _contiguous(grad, None, []),
+                _contiguous(exp_avgs[i], None, write_back),
+                _contiguous(exp_avg_sqs[i], None, write_back),
+                _contiguous(previous_grads[i], None, write_back),
+                _contiguous(max_exp_avg_sqs[i] if amsgrad else None, None, write_back),
+                _contiguous(previous_params[i] if modifiers.adainject else None, compute, write_back),
+            ])  # fmt: skip
+            if friction.uses_stats or modifiers.adanorm or modifiers.cautious:
+                g = arrays[-1][1]
+                assert g is not None
+                one = torch.ones((), dtype=compute, device=param.device)
+                ratio = adanorm_ratio_(g, exp_grad_norms[i], modifiers.adanorm_gamma) if modifiers.adanorm else one
+                slope, offset = one * coefficients["slope"], one * 0.0
+                if friction.uses_stats:
+                    mu, nu = abs_grad_stats(g)
+                    slope = friction.stat_slope(nu) * _slope_factor(step, beta2, friction)
+                    offset = mu
+                per_tensor.append(torch.stack([ratio.to(compute), slope.to(compute), offset.to(compute), one]))
+        tensor_scalars = torch.stack(per_tensor) if per_tensor else None
+        launch = functools.partial(
+            _launch, arrays, coefficients, coupled=coupled and not whole_tensor, friction=friction, modifiers=modifiers
+        )
+        if modifiers.cautious:
+            # The count pass, then N/(Σmask + 1) in the compute dtype, as the reference paths'
+            # tensor arithmetic.
+            assert tensor_scalars is not None
+            counts = torch.zeros(len(arrays), dtype=torch.int64, device=tensor_scalars.device)
+            launch(tensor_scalars, counts, count_only=True)
+            dtype = tensor_scalars.dtype
+            numels = torch.tensor([cast(Tensor, row[0]).numel() for row in arrays], dtype=dtype, device=counts.device)
+            tensor_scalars[:, _CAUTIOUS_SCALE] = numels / (counts.to(dtype) + 1.0)
+        launch(tensor_scalars, None)
+        for target, copy in write_back:
+            target.copy_(copy)

@@ -1,0 +1,112 @@
+"""``fused=True``'s Triton kernel (diffgrad/optim/fused_triton.py), run on CPU tensors in
+Triton's interpreter (tests/conftest.py sets ``TRITON_INTERPRET`` where there is no GPU), against
+the per-tensor reference path: every option set and modifier set, the parameter dtypes, bfloat16
+state as stored and 8-bit state decoded around the kernel. The kernel takes the CUDA route of the
+dispatcher (``functional._fused_diffgrad_cuda``) with CPU tensors.
+
+Where CUDA is present the kernel is compiled instead, and test_reference.py and
+test_modifiers.py run it on the device.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+
+import diffgrad.optim.functional as functional
+from diffgrad import DiffGrad
+from optim_info import HP, MODIFIER_SETS, OPTION_SETS, decoded_state
+
+interpreted = pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") != "1", reason="Triton compiles for the GPU here (the device tests run it)"
+)
+
+
+@pytest.fixture
+def triton_route(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``fused=True`` on CPU tensors takes the CUDA route, to the interpreted kernel."""
+    pytest.importorskip("triton")
+    monkeypatch.setattr(functional.fused_kernel, "fused_diffgrad_cpu", functional._fused_diffgrad_cuda)
+
+
+def _params(dtype: torch.dtype, seed: int = 0) -> list[torch.Tensor]:
+    """A 0-dim, a non-contiguous matrix, one of several kernel blocks, and one 8-bit-sized."""
+    g = torch.Generator().manual_seed(seed)
+    return [
+        torch.randn((), generator=g, dtype=torch.float64).to(dtype),
+        torch.randn(4, 3, generator=g, dtype=torch.float64).to(dtype).t(),
+        torch.randn(2500, generator=g, dtype=torch.float64).to(dtype),
+        torch.randn(16, 256, generator=g, dtype=torch.float64).to(dtype),
+    ]
+
+
+def _run(options: dict, dtype: torch.dtype, path: dict, steps: int = 6) -> tuple[list[torch.Tensor], DiffGrad]:
+    params = [p.requires_grad_() for p in _params(dtype)]
+    opt = DiffGrad(params, **HP, **options, **path)
+    g = torch.Generator().manual_seed(1)
+    for step in range(1, steps + 1):
+        for i, p in enumerate(params):
+            grad = torch.randn(p.shape, generator=g, dtype=torch.float64).mul_(1 + step % 3).to(dtype)
+            # The third parameter skips every third step: its step count falls behind the others'.
+            p.grad = None if i == 2 and step % 3 == 0 else grad
+        opt.step()
+    return params, opt
+
+
+CASES = {**{f"option:{k}": v for k, v in OPTION_SETS.items()}, **{f"modifier:{k}": v for k, v in MODIFIER_SETS.items()}}
+TOLERANCES = {torch.float64: {"rtol": 1e-12, "atol": 1e-14}, torch.float32: {"rtol": 1e-5, "atol": 1e-6}}
+
+
+@interpreted
+@pytest.mark.usefixtures("triton_route")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("case", CASES)
+def test_matches_the_per_tensor_path(case: str, dtype: torch.dtype) -> None:
+    options = CASES[case]
+    expected, reference = _run(options, dtype, {"foreach": False})
+    actual, fused = _run(options, dtype, {"fused": True})
+    for p, q in zip(actual, expected):
+        torch.testing.assert_close(p, q, **TOLERANCES[dtype])
+        for key, value in reference.state[q].items():
+            torch.testing.assert_close(fused.state[p][key], value, **TOLERANCES[dtype])
+
+
+@interpreted
+@pytest.mark.usefixtures("triton_route")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.complex64])
+@pytest.mark.parametrize("state_dtype", [None, torch.bfloat16, "8bit"])
+@pytest.mark.parametrize("case", ["option:plain", "option:all", "modifier:all_dfc_rms"])
+def test_low_precision_and_compact_state(case: str, dtype: torch.dtype, state_dtype: torch.dtype | str | None) -> None:
+    """Parameters and state in their stored dtypes: the arithmetic in float32 in both paths, so
+    they agree up to float32 round-off before the values are rounded to their storage; where that
+    round-off sends a value to the neighbouring code of its format, the paths part by one unit
+    of the parameter's format, or by α times the state format's relative spacing."""
+    options = {**CASES[case], "state_dtype": state_dtype}
+    expected, reference = _run(options, dtype, {"foreach": False})
+    actual, fused = _run(options, dtype, {"fused": True})
+    param_ulp = {torch.bfloat16: 2**-7, torch.float16: 2**-10}.get(dtype, 1e-6)
+    state_spacing = {None: 0.0, torch.bfloat16: 2**-7, "8bit": 2**-3}[state_dtype]
+    tolerance = param_ulp + HP["lr"] * state_spacing
+    for p, q in zip(actual, expected):
+        torch.testing.assert_close(p, q, rtol=tolerance, atol=tolerance)
+        for key, value in reference.state[q].items():
+            assert fused.state[p][key].dtype == value.dtype, key
+            if key == "step" or key.endswith("_absmax"):
+                continue
+            actual_values, expected_values = (
+                decoded_state(fused.state[p], key, p),
+                decoded_state(reference.state[q], key, q),
+            )
+            spacing = max(state_spacing, param_ulp)
+            torch.testing.assert_close(
+                actual_values, expected_values, rtol=spacing, atol=spacing * expected_values.abs().max()
+            )
+
+
+def test_without_triton_fused_on_cuda_names_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "diffgrad.optim.fused_triton", None)
+    with pytest.raises(RuntimeError, match="Triton"):
+        functional._fused_diffgrad_cuda([], [], [], [], [], [], [], [], [])
