@@ -101,8 +101,13 @@ def resolve_friction(friction: str | Friction, slope: float | None = None) -> Fr
 
 
 def abs_grad_stats(grad: Tensor) -> tuple[Tensor, Tensor]:
-    """(μ, ν): mean and population standard deviation of |g| over the whole tensor (DFC3–5)."""
-    nu, mu = torch.std_mean(grad.abs(), correction=0)
+    """(μ, ν): mean and population standard deviation of |g| over the whole tensor (DFC3–5); an
+    empty tensor, which has no element to damp, gets (0, 0) instead of std_mean's NaN and warning."""
+    magnitude = grad.abs()
+    if magnitude.numel() == 0:
+        zero = magnitude.new_zeros(())
+        return zero, zero
+    nu, mu = torch.std_mean(magnitude, correction=0)
     return mu, nu
 
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -195,3 +197,16 @@ def test_probe_refuses_other_optimizers_and_several_steps() -> None:
     with pytest.raises(RuntimeError, match="2 steps"), record_friction(opt):
         opt.step()
         opt.step()
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("friction", ["dfc3", "dfc4", "dfc5"])
+def test_an_empty_parameter_has_no_statistics_and_no_warning(path: str, friction: str) -> None:
+    empty, trained = torch.nn.Parameter(torch.zeros(0, 3)), torch.nn.Parameter(torch.ones(3))
+    opt = DiffGrad([empty, trained], **HP, friction=friction, **PATHS[path])
+    for _ in range(2):
+        empty.grad, trained.grad = torch.zeros(0, 3), torch.ones(3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            opt.step()
+    assert empty.shape == (0, 3) and torch.isfinite(trained).all() and not torch.equal(trained, torch.ones(3))
