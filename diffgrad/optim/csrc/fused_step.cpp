@@ -104,13 +104,77 @@ inline float e4m3_to_float(uint8_t c) {
   return bit_cast<float>(bit_cast<uint32_t>(x) | (static_cast<uint32_t>(c & 0x80u) << 24));
 }
 
+// The float32 bit pattern of the e4m3 code ``magnitude`` (0–127), as e4m3_to_float decodes it:
+// only the upper 16 bits can be set (every e4m3 value, and its NaN, is a bfloat16 value).
+constexpr uint32_t e4m3_bits(uint32_t magnitude) {
+  if (magnitude == 0x7fu) return 0x7fc00000u;
+  if (magnitude >= 8u) return (magnitude << 20) + (120u << 23);
+  if (magnitude == 0u) return 0u;
+  uint32_t top = 2;  // a subnormal code's value is magnitude·2^−9; normalised, 2^(top−9)·(1 + …)
+  while (!(magnitude >> top)) --top;
+  return ((127u + top - 9u) << 23) | ((magnitude - (1u << top)) << (23 - top));
+}
+
+struct E4m3Table {
+  alignas(64) uint8_t high[128];  // bits 24–31 of e4m3_bits
+  alignas(64) uint8_t low[128];   // bits 16–23
+  alignas(64) uint8_t order[64];  // see decode_e4m3
+};
+
+constexpr E4m3Table make_e4m3_table() {
+  E4m3Table table{};
+  for (uint32_t m = 0; m < 128; ++m) {
+    table.high[m] = static_cast<uint8_t>(e4m3_bits(m) >> 24);
+    table.low[m] = static_cast<uint8_t>(e4m3_bits(m) >> 16);
+  }
+  // Position 16l + 4q + j (l, q, j < 4) takes code 16q + 4l + j, so that the byte and word
+  // interleaves of decode_e4m3, which work within 128-bit lanes, leave the values in order.
+  for (uint32_t l = 0; l < 4; ++l)
+    for (uint32_t q = 0; q < 4; ++q)
+      for (uint32_t j = 0; j < 4; ++j) table.order[16 * l + 4 * q + j] = static_cast<uint8_t>(16 * q + 4 * l + j);
+  return table;
+}
+
+constexpr E4m3Table kE4m3 = make_e4m3_table();
+
+// The values of n ≤ kBlock codes (e4m3_to_float of each) into ``out``, which has room for kBlock.
+inline void decode_e4m3(const uint8_t* __restrict codes, int64_t n, float* __restrict out) {
+#if defined(__AVX512VBMI__) && defined(__AVX512BW__)
+  // Compiler workaround (GCC 12): GCC vectorises e4m3_to_float arithmetic in 32-bit lanes,
+  // about ten operations per 16 codes; looking the two upper bytes of each value up in 128-entry
+  // tables, 64 codes at a time (vpermi2b, AVX-512 VBMI), and interleaving them with zero bytes
+  // gives the same bits with about a quarter of the operations.
+  const __m512i high0 = _mm512_load_si512(kE4m3.high), high1 = _mm512_load_si512(kE4m3.high + 64);
+  const __m512i low0 = _mm512_load_si512(kE4m3.low), low1 = _mm512_load_si512(kE4m3.low + 64);
+  const __m512i order = _mm512_load_si512(kE4m3.order), sign = _mm512_set1_epi8(static_cast<char>(0x80));
+  const __m512i zero = _mm512_setzero_si512();
+  for (int64_t i = 0; i < n; i += 64) {
+    const __mmask64 lanes = n - i >= 64 ? ~__mmask64{0} : (__mmask64{1} << (n - i)) - 1u;
+    const __m512i index = _mm512_permutexvar_epi8(order, _mm512_maskz_loadu_epi8(lanes, codes + i));
+    __m512i high = _mm512_permutex2var_epi8(high0, index, high1);
+    high = _mm512_ternarylogic_epi32(high, index, sign, 0xf8);  // high | (index & sign)
+    const __m512i low = _mm512_permutex2var_epi8(low0, index, low1);
+    const __m512i words0 = _mm512_unpacklo_epi8(low, high), words1 = _mm512_unpackhi_epi8(low, high);
+    _mm512_store_si512(out + i, _mm512_unpacklo_epi16(zero, words0));
+    _mm512_store_si512(out + i + 16, _mm512_unpackhi_epi16(zero, words0));
+    _mm512_store_si512(out + i + 32, _mm512_unpacklo_epi16(zero, words1));
+    _mm512_store_si512(out + i + 48, _mm512_unpackhi_epi16(zero, words1));
+  }
+#else
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) out[i] = e4m3_to_float(codes[i]);
+#endif
+}
+
 // Decode one block of 8-bit codes (state.load): code·(absmax/448), squared for sqrt(v).
 template <class T, bool kSqrtDomain>
 void decode_block8(const uint8_t* __restrict codes, float absmax, int64_t n, T* __restrict out) {
   const float scale = absmax / kCodeMax;
+  alignas(64) float decoded[kBlock];
+  decode_e4m3(codes, n, decoded);
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
-    float x = e4m3_to_float(codes[i]);
+    float x = decoded[i];
     if constexpr (kSqrtDomain) {
       x = x < kSqrtFloor ? kSqrtFloor : x;  // clamp_min, which keeps NaN
       x *= scale;
@@ -127,6 +191,33 @@ void decode_block8(const uint8_t* __restrict codes, float absmax, int64_t n, T* 
 // reduction, which GCC 12 keeps in memory across iterations).
 inline uint32_t abs_bits(float x) { return bit_cast<uint32_t>(x) & 0x7fffffffu; }
 
+#if defined(__AVX512F__)
+// float_to_e4m3 of 16 floats, in the low byte of each 32-bit lane (the upper bytes are left
+// over). With E = max(⌊log2 |y|⌋, −6) and M = 2^(E+20), the codes around |y| are 2^(E−3) apart, M's
+// unit in the last place, so the float addition |y| + M rounds |y| to the nearest even multiple k
+// ≤ 16 of that spacing, and the code is (E + 6)·8 + k, subnormal codes (E = −6, k < 8) included.
+// In the low byte the sum's bits are k (M's bits are a multiple of 2^23) plus the 56 units added
+// to M (an even count, which keeps ties to even), and (E + 127)·8 + 56 ≡ (E + 6)·8 (mod 256). The
+// same codes as float_to_e4m3 for every float32 input; without ``kNonFinite`` only for |y| under
+// 480, where no lane takes the NaN code.
+template <bool kNonFinite>
+inline __m512i e4m3_codes(__m512 y) {
+  const __m512i bits = _mm512_castps_si512(y);
+  const __m512i magnitude = _mm512_and_si512(bits, _mm512_set1_epi32(0x7fffffff));
+  const __m512i exponent =
+      _mm512_max_epu32(_mm512_and_si512(bits, _mm512_set1_epi32(0x7f800000)), _mm512_set1_epi32(121 << 23));
+  const __m512i magic = _mm512_add_epi32(exponent, _mm512_set1_epi32((20 << 23) + 56));
+  const __m512i sum = _mm512_castps_si512(_mm512_add_ps(_mm512_castsi512_ps(magnitude), _mm512_castsi512_ps(magic)));
+  __m512i code = _mm512_add_epi32(sum, _mm512_srli_epi32(exponent, 20));
+  if constexpr (kNonFinite) {
+    code = _mm512_mask_mov_epi32(code, _mm512_cmpge_epu32_mask(magnitude, _mm512_set1_epi32(1087 << 20)),
+                                 _mm512_set1_epi32(0x7f));
+  }
+  // code | (sign bit → bit 7)
+  return _mm512_ternarylogic_epi32(code, _mm512_srli_epi32(bits, 24), _mm512_set1_epi32(0x80), 0xf8);
+}
+#endif
+
 // The codes of one block (state.store) from its float32 values x and their absmax = max |x|:
 // (x·(1/max(absmax, FLT_MIN)))·448. Returns the absmax to store.
 inline float write_codes8(const float* __restrict x, uint32_t absmax_bits, int64_t n, uint8_t* __restrict codes) {
@@ -136,28 +227,14 @@ inline float write_codes8(const float* __restrict x, uint32_t absmax_bits, int64
 #if defined(__AVX512F__)
   // Compiler workaround (GCC 12): vectorising float_to_e4m3 into uint8 stores, GCC narrows each
   // intermediate to bytes before the selects (three permute-packs per 64 codes); written with
-  // intrinsics, the selects stay in 32-bit lanes and each 16 codes take one narrowing store. The
-  // same operations as float_to_e4m3, so the same codes.
+  // intrinsics (e4m3_codes), the work stays in 32-bit lanes and each 16 codes take one narrowing
+  // store. With a finite absmax every |x|·(1/absmax)·448 is under 480: no NaN code to select.
   const __m512 scale_inverse = _mm512_set1_ps(inverse), code_max = _mm512_set1_ps(kCodeMax);
-  const __m512i sign_bit = _mm512_set1_epi32(static_cast<int32_t>(0x80000000u));
-  const __m512i denorm_mask = _mm512_set1_epi32(141 << 23), one = _mm512_set1_epi32(1);
-  const __m512i rebias = _mm512_set1_epi32(static_cast<int32_t>((static_cast<uint32_t>(7 - 127) << 23) + 0x7ffffu));
-  const __m512i smallest_normal = _mm512_set1_epi32(121 << 23), nan_from = _mm512_set1_epi32(1087 << 20);
-  const __m512i nan_code = _mm512_set1_epi32(0x7f);
+  const bool finite = absmax_bits < 0x7f800000u;
   for (int64_t i = 0; i < n; i += 16) {
     const __mmask16 lanes = n - i >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << (n - i)) - 1u);
     const __m512 f = _mm512_mul_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, x + i), scale_inverse), code_max);
-    __m512i bits = _mm512_castps_si512(f);
-    const __m512i sign = _mm512_and_si512(bits, sign_bit);
-    bits = _mm512_xor_si512(bits, sign);
-    const __m512i subnormal = _mm512_sub_epi32(
-        _mm512_castps_si512(_mm512_add_ps(_mm512_castsi512_ps(bits), _mm512_castsi512_ps(denorm_mask))), denorm_mask);
-    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 20), one);
-    const __m512i normal = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(bits, rebias), odd), 20);
-    __m512i code = _mm512_mask_blend_epi32(_mm512_cmplt_epu32_mask(bits, smallest_normal), normal, subnormal);
-    code = _mm512_mask_mov_epi32(code, _mm512_cmpge_epu32_mask(bits, nan_from), nan_code);
-    code = _mm512_or_si512(code, _mm512_srli_epi32(sign, 24));
-    _mm512_mask_cvtepi32_storeu_epi8(codes + i, lanes, code);
+    _mm512_mask_cvtepi32_storeu_epi8(codes + i, lanes, finite ? e4m3_codes<false>(f) : e4m3_codes<true>(f));
   }
 #else
 #pragma omp simd
@@ -400,9 +477,11 @@ void plain_loop(int64_t n, const Scalars<T>& c, const Block<T>& b) {
   }
 }
 
-// plain_loop with float arithmetic and every state buffer 8-bit: the codes are decoded, the step
-// taken and the blocks' maxima found in one loop, whose sqrt(v) (and sqrt(v_max)) serve both the
-// denominator and the encoding; then the codes are written. The values are those of decoding into
+// plain_loop with float arithmetic and every state buffer 8-bit: the codes are decoded into arrays
+// on the stack, then the step taken and the blocks' maxima found in one loop, whose sqrt(v) (and
+// sqrt(v_max)) serve both the denominator and the encoding; then the codes are written. Decoding
+// inside the step's loop, GCC 12 vectorises it in 64 lanes (the codes' bytes), spilling registers
+// every iteration; on decoded floats it takes 16 lanes, held in registers. The values are those of decoding into
 // arrays, plain_loop and encode_block8 in turn.
 template <bool kCoupled, bool kAmsgrad, bool kRelative>
 void plain_loop_blockwise8(int64_t n, const Scalars<float>& c, float* __restrict p, const float* __restrict grad,
@@ -416,6 +495,11 @@ void plain_loop_blockwise8(int64_t n, const Scalars<float>& c, float* __restrict
   const float v_scale = t.absmax[kExpAvgSq][block] / kCodeMax;
   const float prev_scale = t.absmax[kPreviousGrad][block] / kCodeMax;
   const float vmax_scale = kAmsgrad ? t.absmax[kMaxExpAvgSq][block] / kCodeMax : 0.0f;
+  alignas(64) float m_old[kBlock], v_old[kBlock], prev_old[kBlock], vmax_old[kBlock];
+  decode_e4m3(m_codes, n, m_old);
+  decode_e4m3(v_codes, n, v_old);
+  decode_e4m3(prev_codes, n, prev_old);
+  if constexpr (kAmsgrad) decode_e4m3(vmax_codes, n, vmax_old);
   alignas(64) float m_new[kBlock], v_root[kBlock], g_new[kBlock], vmax_root[kBlock];
   uint32_t m_absmax = 0, v_absmax = 0, g_absmax = 0, vmax_absmax = 0;
 #pragma omp simd reduction(max : m_absmax, v_absmax, g_absmax, vmax_absmax)
@@ -423,22 +507,22 @@ void plain_loop_blockwise8(int64_t n, const Scalars<float>& c, float* __restrict
     const float theta = p[i];
     float g = grad[i] * c.grad_factor;
     if constexpr (kCoupled) g = std::fma(c.weight_decay, theta, g);
-    float root = e4m3_to_float(v_codes[i]);
+    float root = v_old[i];
     root = (root < kSqrtFloor ? kSqrtFloor : root) * v_scale;
-    const float m_t = std::fma(c.beta1, e4m3_to_float(m_codes[i]) * m_scale, c.lerp1 * g);  // Eq. 11
-    const float v_t = std::fma(c.beta2, root * root, c.lerp2 * (g * g));                    // Eq. 12
+    const float m_t = std::fma(c.beta1, m_old[i] * m_scale, c.lerp1 * g);  // Eq. 11
+    const float v_t = std::fma(c.beta2, root * root, c.lerp2 * (g * g));   // Eq. 12
     root = std::sqrt(v_t);
     v_root[i] = root;
     v_absmax = std::max(v_absmax, abs_bits(root));
     if constexpr (kAmsgrad) {
-      float root_max = e4m3_to_float(vmax_codes[i]);
+      float root_max = vmax_old[i];
       root_max = (root_max < kSqrtFloor ? kSqrtFloor : root_max) * vmax_scale;
       root = std::sqrt(nan_max(root_max * root_max, v_t));
       vmax_root[i] = root;
       vmax_absmax = std::max(vmax_absmax, abs_bits(root));
     }
     const float root_eps = root + c.eps;
-    float z = std::fabs(e4m3_to_float(prev_codes[i]) * prev_scale - g) * c.slope;  // Eq. 17–19
+    float z = std::fabs(prev_old[i] * prev_scale - g) * c.slope;  // Eq. 17–19
     if constexpr (kRelative) z /= root_eps;
     const float denominator = root_eps * one_plus_exp_neg<float, true>(z);
     p[i] = theta * c.decay - c.step_size * m_t / denominator;  // Eq. 13, 20
