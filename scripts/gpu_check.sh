@@ -25,7 +25,7 @@ print(f"python {platform.python_version()}, torch {torch.__version__}, CUDA {tor
 print(f"device: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'NO CUDA DEVICE'}")
 PY
     echo
-    echo "## Optimizer tests on cuda (every test parametrised by device, its cuda cases)"
+    echo "## Optimizer tests on cuda (the cuda cases of the device-parametrised tests: reference, modifiers, paths, compact state, AMP)"
     timeout 230 python3 -m pytest -q -p no:cacheprovider -x tests/optim -k cuda 2>&1 | tail -n 25 || status=1
     echo
     echo "## timm's optimizer factory (needs timm with a torchvision built for the installed torch)"

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from diffgrad import DiffGrad
-from optim_info import EVERY_MODIFIER
+from optim_info import DEVICES, EVERY_MODIFIER
 from optim_info import EXPLICIT_PATHS as PATHS
 
 
@@ -17,25 +17,28 @@ def _loss(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 # Every path in float32 and float16, and with every diffGrad-family modifier (whose state, too,
 # must stay put on a skipped step).
 SCALER_CASES = [
-    pytest.param(path, dtype, options, id=f"{path}-{str(dtype)[6:]}-{name}")
+    pytest.param(device, path, dtype, options, id=f"{device}-{path}-{str(dtype)[6:]}-{name}")
+    for device in DEVICES
     for path in PATHS
     for dtype in (torch.float32, torch.float16)
     for name, options in (("plain", {}), ("modifiers", EVERY_MODIFIER))
 ]
 
 
-@pytest.mark.parametrize(("path", "dtype", "options"), SCALER_CASES)
-def test_grad_scaler_unscales_and_skips_non_finite_steps(path: str, dtype: torch.dtype, options: dict) -> None:
+@pytest.mark.parametrize(("device", "path", "dtype", "options"), SCALER_CASES)
+def test_grad_scaler_unscales_and_skips_non_finite_steps(
+    device: str, path: str, dtype: torch.dtype, options: dict
+) -> None:
     """Finite steps equal unscaled ones; a step with an inf gradient changes nothing (params,
     every state tensor, the step count) and GradScaler backs off. float16 gradients need the
     optimizer-side unscaling (GradScaler refuses to unscale them itself)."""
     torch.manual_seed(0)
-    w = torch.randn(8, 4).to(dtype).requires_grad_()
+    w = torch.randn(8, 4).to(device, dtype).requires_grad_()
     w_plain = w.detach().clone().requires_grad_()
     opt = DiffGrad([w], lr=1e-2, amsgrad=True, **options, **PATHS[path])
     plain = DiffGrad([w_plain], lr=1e-2, amsgrad=True, **options, **PATHS[path])
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
-    x = torch.randn(16, 8)
+    scaler = torch.amp.GradScaler(device, init_scale=2.0**10)
+    x = torch.randn(16, 8).to(device)
     for _ in range(3):
         opt.zero_grad()
         scaler.scale(_loss(w, x)).backward()

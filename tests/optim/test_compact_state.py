@@ -11,6 +11,7 @@ from torch import nn
 
 from diffgrad import DiffGrad
 from diffgrad.optim.state import BLOCK, Blockwise8, load, new_buffer, store
+from optim_info import DEVICES
 from optim_info import EXPLICIT_PATHS as PATHS
 
 
@@ -65,16 +66,18 @@ def test_codec_relative_error_and_no_zero_denominators() -> None:
     assert ((decoded_v[big].sqrt() - v[big].sqrt()).abs() <= v[big].sqrt() / 16).all()
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("state_dtype", [torch.bfloat16, "8bit"])
-def test_paths_agree_with_compact_state(state_dtype) -> None:
+def test_paths_agree_with_compact_state(state_dtype, device: str) -> None:
     runs = {}
     for name, path in PATHS.items():
         g = torch.Generator().manual_seed(0)
-        params = [torch.randn(32, 256, generator=g).requires_grad_(), torch.randn(10, generator=g).requires_grad_()]
+        params = [torch.randn(32, 256, generator=g).to(device).requires_grad_(),
+                  torch.randn(10, generator=g).to(device).requires_grad_()]  # fmt: skip
         opt = DiffGrad(params, lr=1e-2, amsgrad=True, state_dtype=state_dtype, **path)
         for _ in range(10):
             for p in params:
-                p.grad = torch.randn(p.shape, generator=g)
+                p.grad = torch.randn(p.shape, generator=g).to(device)
             opt.step()
         runs[name] = (params, opt)
     (base, base_opt) = runs["single_tensor"]
@@ -88,34 +91,37 @@ def test_paths_agree_with_compact_state(state_dtype) -> None:
                     torch.testing.assert_close(opt.state[q][key].float(), value.float(), rtol=2e-2, atol=1e-5)
 
 
-def _model_and_opt(state_dtype) -> tuple[nn.Module, DiffGrad]:
+def _model_and_opt(state_dtype, device: str = "cpu", **options) -> tuple[nn.Module, DiffGrad]:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 2))  # 8192 and 256 weights
-    return model, DiffGrad(model.parameters(), lr=1e-2, state_dtype=state_dtype)
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 2)).to(device)  # 8192 and 256 weights
+    return model, DiffGrad(model.parameters(), lr=1e-2, state_dtype=state_dtype, **options)
 
 
 def _train(model: nn.Module, opt: DiffGrad, steps: range) -> None:
+    device = next(model.parameters()).device
     for i in steps:
         g = torch.Generator().manual_seed(i)
-        x, y = torch.randn(16, 64, generator=g), torch.randn(16, 2, generator=g)
+        x, y = torch.randn(16, 64, generator=g).to(device), torch.randn(16, 2, generator=g).to(device)
         opt.zero_grad()
         ((model(x) - y) ** 2).mean().backward()
         opt.step()
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("state_dtype", [torch.bfloat16, "8bit"])
-def test_state_dict_round_trip_is_bit_exact(state_dtype) -> None:
-    model, opt = _model_and_opt(state_dtype)
+def test_state_dict_round_trip_is_bit_exact(state_dtype, path: str, device: str) -> None:
+    model, opt = _model_and_opt(state_dtype, device, **PATHS[path])
     _train(model, opt, range(12))
     expected = [p.detach().clone() for p in model.parameters()]
 
-    model, opt = _model_and_opt(state_dtype)
+    model, opt = _model_and_opt(state_dtype, device, **PATHS[path])
     _train(model, opt, range(5))
     buffer = io.BytesIO()
     torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buffer)
     buffer.seek(0)
     saved = torch.load(buffer, weights_only=True)
-    model, opt = _model_and_opt(state_dtype)
+    model, opt = _model_and_opt(state_dtype, device, **PATHS[path])
     model.load_state_dict(saved["model"])
     opt.load_state_dict(saved["opt"])
     first = opt.state[next(model.parameters())]

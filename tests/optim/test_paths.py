@@ -11,7 +11,7 @@ import torch
 
 from diffgrad import DiffGrad
 from diffgrad.optim import functional
-from optim_info import HP, PATHS
+from optim_info import DEVICES, HP, PATHS
 
 ALL_OPTIONS = {"weight_decay": 0.05, "amsgrad": True, "maximize": True}
 
@@ -42,22 +42,23 @@ def test_compact_state_unpacked_in_batches_changes_nothing(monkeypatch: pytest.M
             assert torch.equal(value, sliced_opt.state[q][key]), key
 
 
-def test_all_paths_agree_on_every_state_key() -> None:
+@pytest.mark.parametrize("device", DEVICES)
+def test_all_paths_agree_on_every_state_key(device: str) -> None:
     """Per-tensor, foreach, fused and the default mix, on float32, bfloat16 and float16
     parameters together (state in float32), large and small, contiguous or not."""
     runs = {}
     for name, path in PATHS.items():
         g = torch.Generator().manual_seed(0)
         params = [
-            torch.randn(64, 640, generator=g).requires_grad_(),  # over _SERIAL_NUMEL: fused Adam kernel
-            torch.randn(5, 4, generator=g).t().requires_grad_(),
-            torch.randn(300, generator=g).to(torch.bfloat16).requires_grad_(),
-            torch.randn(3, 7, generator=g).to(torch.float16).requires_grad_(),
+            torch.randn(64, 640, generator=g).to(device).requires_grad_(),  # over the kernel's serial size
+            torch.randn(5, 4, generator=g).to(device).t().requires_grad_(),
+            torch.randn(300, generator=g).to(device, torch.bfloat16).requires_grad_(),
+            torch.randn(3, 7, generator=g).to(device, torch.float16).requires_grad_(),
         ]
         opt = DiffGrad(params, **HP, **ALL_OPTIONS, **path)
         for _ in range(25):
             for p in params:
-                p.grad = torch.randn(p.shape, generator=g).to(p.dtype)
+                p.grad = torch.randn(p.shape, generator=g).to(device, p.dtype)
             opt.step()
         runs[name] = (params, opt)
     base_params, base_opt = runs["single_tensor"]

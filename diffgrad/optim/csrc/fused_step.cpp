@@ -384,7 +384,7 @@ struct Coefficients {
   double cautious_scale;  // N/(Σmask + 1), from the counting pass
 };
 
-// Eq. 13/20 at step t, as diffgrad.optim.functional._coefficients computes them in Python
+// Eq. 13/20 at step t, as the reference paths (diffgrad/optim/functional.py) compute them in Python
 // floats (the same libm pow, the same order of operations); the rectification is RAdam's rule
 // (modifiers.rectification).
 Coefficients coefficients_at(const DgHyper& h, double t, const DgTensorScalars* scalars) {
