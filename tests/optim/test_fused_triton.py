@@ -2,7 +2,8 @@
 Triton's interpreter (tests/conftest.py sets ``TRITON_INTERPRET`` where there is no GPU), against
 the per-tensor reference path: every option set and modifier set, the parameter dtypes, bfloat16
 state as stored and 8-bit state decoded around the kernel. The kernel takes the CUDA route of the
-dispatcher (``functional._fused_diffgrad_cuda``) with CPU tensors.
+dispatcher (``functional._fused_diffgrad_cuda``) with CPU tensors. It is also compiled for two
+GPU architectures, which Triton's compiler does without a GPU.
 
 Where CUDA is present the kernel is compiled instead, and test_reference.py and
 test_modifiers.py run it on the device.
@@ -11,7 +12,9 @@ test_modifiers.py run it on the device.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -110,3 +113,54 @@ def test_without_triton_fused_on_cuda_names_what_is_missing(monkeypatch: pytest.
     monkeypatch.setitem(sys.modules, "diffgrad.optim.fused_triton", None)
     with pytest.raises(RuntimeError, match="Triton"):
         functional._fused_diffgrad_cuda([], [], [], [], [], [], [], [], [])
+
+
+# Compiles the kernel for a GPU architecture with Triton's own compiler (ptxas included), which
+# needs no GPU: the compiled code path that the interpreter does not take. Every constexpr
+# option appears on and off, and every dtype the kernel reads.
+_COMPILE_FOR_GPU = """
+import inspect, sys
+import triton, triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from diffgrad.optim.fused_triton import _diffgrad_kernel as kernel
+
+names = list(inspect.signature(kernel.fn).parameters)
+base = dict(PARAM=tl.float32, GRAD=tl.float32, EXP_AVG=tl.float32, EXP_AVG_SQ=tl.float32, PREVIOUS_GRAD=tl.float32,
+            MAX_EXP_AVG_SQ=tl.float32, COMPUTE=tl.float32, COUPLED=False, AMSGRAD=False, ABSOLUTE=True,
+            RELATIVE=False, PER_TENSOR=False, INJECT=False, CAUTIOUS=False, COUNT_ONLY=False, BLOCK=1024)
+bf16_state = dict(EXP_AVG=tl.bfloat16, EXP_AVG_SQ=tl.bfloat16, PREVIOUS_GRAD=tl.bfloat16, MAX_EXP_AVG_SQ=tl.bfloat16)
+every = dict(COUPLED=True, AMSGRAD=True, ABSOLUTE=False, RELATIVE=True, PER_TENSOR=True, INJECT=True, CAUTIOUS=True)
+cases = [
+    {},
+    {**bf16_state, "AMSGRAD": True, "RELATIVE": True, "COUPLED": True},
+    {"PARAM": tl.bfloat16, "GRAD": tl.bfloat16, **bf16_state},
+    {"PARAM": tl.float16, "GRAD": tl.float16},
+    every,
+    {**every, "COUNT_ONLY": True},
+    {**{k: tl.float64 for k in ("PARAM", "GRAD", "EXP_AVG", "EXP_AVG_SQ", "PREVIOUS_GRAD", "MAX_EXP_AVG_SQ", "COMPUTE")}, **every},
+]
+for capability in (80, 90):
+    for case in cases:
+        constants = {**base, **case}
+        scalars = "fp64" if constants["COMPUTE"] == tl.float64 else "fp32"
+        signature = {"addresses": "*i64", "coefficients": "*fp64", "tensor_scalars": "*" + scalars, "counts": "*i64",
+                     "chunk_tensors": "*i32", "chunk_starts": "*i64", "n_tensors": "i32",
+                     **{name: "constexpr" for name in constants}}
+        source = ASTSource(fn=kernel, signature=signature,
+                           constexprs={(names.index(name),): value for name, value in constants.items()})
+        compiled = triton.compile(source, target=GPUTarget("cuda", capability, 32))
+        assert compiled.asm["cubin"], (capability, case)
+print("compiled", 2 * len(cases))
+"""
+
+
+def test_kernel_compiles_for_gpus_without_one(tmp_path: Path) -> None:
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-c", _COMPILE_FOR_GPU], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "compiled 14" in done.stdout
