@@ -55,7 +55,7 @@ from diffgrad.distributed.compression import (
     compressed_all_reduce,
     error_buffers,
 )
-from diffgrad.optim.friction import Friction, friction_, get_friction
+from diffgrad.optim.friction import Friction, check_friction_slope, friction_, resolve_friction
 from diffgrad.optim.functional import diffgrad
 from diffgrad.optim.state import StateBuffer
 
@@ -96,6 +96,10 @@ class OneBitDiffGrad(Optimizer):
         friction: a friction of :mod:`diffgrad.optim.friction` (default ``"dfc"``, Eq. 19), or
             ``None`` for ξ ≡ 1 (1-bit Adam).
         xi_source: where ξ comes from after the freeze: ``"momentum"`` or ``"frozen"``.
+        maximize: maximise the objective (the gradient's sign is flipped first), as in
+            :class:`~diffgrad.optim.DiffGrad`.
+        friction_slope: the friction's slope in place of the variant's own (κ of ``"dfc-rms"``),
+            as in :class:`~diffgrad.optim.DiffGrad`; ``None`` keeps the variant's.
         group: the process group (default: the world).
 
     Constructing it is collective: every rank checks, with one byte per rank, that the backend has
@@ -118,6 +122,8 @@ class OneBitDiffGrad(Optimizer):
         freeze_step: int,
         friction: str | Friction | None = "dfc",
         xi_source: str = "momentum",
+        maximize: bool = False,
+        friction_slope: float | None = None,
         group: dist.ProcessGroup | None = None,
     ) -> None:
         if lr < 0.0:
@@ -133,10 +139,16 @@ class OneBitDiffGrad(Optimizer):
             raise ValueError(f"Invalid freeze_step: {freeze_step!r}; expected an integer >= 1 (warm-up steps)")
         if xi_source not in XI_SOURCES:
             raise ValueError(f"Invalid xi_source: {xi_source!r}; expected one of {XI_SOURCES}")
+        if not isinstance(maximize, bool):
+            raise ValueError(f"Invalid maximize: {maximize!r} (must be a bool)")
         if friction is None:
+            if friction_slope is not None:
+                raise ValueError(f"Invalid friction_slope: {friction_slope!r} (friction=None has no slope)")
             friction = NO_FRICTION
-        elif not isinstance(friction, Friction):
-            friction = get_friction(friction)
+        else:
+            friction = resolve_friction(friction)
+            check_friction_slope(friction, friction_slope)
+            friction = resolve_friction(friction, friction_slope)
         if not (dist.is_available() and dist.is_initialized()):
             raise RuntimeError("OneBitDiffGrad needs an initialised torch.distributed process group")
         defaults = dict(
@@ -147,6 +159,7 @@ class OneBitDiffGrad(Optimizer):
             freeze_step=freeze_step,
             friction=friction,
             xi_source=xi_source,
+            maximize=maximize,
         )
         super().__init__(params, defaults)
         self.group = group
@@ -155,6 +168,13 @@ class OneBitDiffGrad(Optimizer):
         self._ddp_averages = False
         self._layouts: dict[int, ChunkLayout] = {}
         check_all_to_all(group)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        # A state dict saved before an option existed loads with that option's default.
+        for group in self.param_groups:
+            for name, value in self.defaults.items():
+                group.setdefault(name, value)
 
     @property
     def compressing(self) -> bool:
@@ -211,13 +231,14 @@ class OneBitDiffGrad(Optimizer):
             lists = self._init_group(group)
             beta1, beta2 = group["betas"]
             hyper: dict[str, Any] = dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
-                                         weight_decay=group["weight_decay"], friction=group["friction"])  # fmt: skip
+                                         weight_decay=group["weight_decay"], friction=group["friction"],
+                                         maximize=group["maximize"])  # fmt: skip
             if not compressing:
                 if not self._ddp_averages:
                     self._average(lists.grads)
                 freezing = group["xi_source"] == "frozen" and int(lists.state_steps[0]) + 1 == group["freeze_step"]
                 if freezing:
-                    grads = _effective_grads(lists.grads, lists.params, hyper["weight_decay"])
+                    grads = _effective_grads(lists.grads, lists.params, hyper["weight_decay"], hyper["maximize"])
                     deltas = [prev.sub(g) for prev, g in zip(lists.previous_grads, grads)]
                 _warmup_diffgrad(lists, hyper)
                 if freezing:
@@ -267,8 +288,11 @@ def onebit_comm_hook(optimizer: OneBitDiffGrad, bucket: dist.GradBucket) -> torc
     return default_hooks.allreduce_hook(cast("dist.ProcessGroup", optimizer.group), bucket)
 
 
-def _effective_grads(grads: list[Tensor], params: list[Tensor], weight_decay: float) -> list[Tensor]:
-    """g_t with coupled weight decay, g + λθ (new tensors only where λ ≠ 0)."""
+def _effective_grads(grads: list[Tensor], params: list[Tensor], weight_decay: float, maximize: bool) -> list[Tensor]:
+    """g_t as the step uses it: negated to maximise, then with coupled weight decay, g + λθ (new
+    tensors only where they differ from the gradients)."""
+    if maximize:
+        grads = [g.neg() for g in grads]
     return grads if weight_decay == 0 else [g.add(p, alpha=weight_decay) for g, p in zip(grads, params)]
 
 
@@ -286,7 +310,6 @@ def _warmup_diffgrad(lists: _Group, hyper: dict[str, Any]) -> None:
         foreach=False,
         decoupled_weight_decay=False,
         amsgrad=False,
-        maximize=False,
         **hyper,
     )
 
@@ -308,12 +331,13 @@ def _onebit_diffgrad(
     eps: float,
     weight_decay: float,
     friction: Friction,
+    maximize: bool,
     freeze_step: int,
     xi_source: str,
     communicate: Callable[..., None],
 ) -> None:
     """One compressed step (t > T) over a parameter group, in the order of the module docstring."""
-    grads = _effective_grads(grads, params, weight_decay)
+    grads = _effective_grads(grads, params, weight_decay, maximize)
     with_friction = friction != NO_FRICTION
     implied = xi_source == "momentum" and with_friction
     # β1·m̄_{t−1}, kept to recover ḡ_t from the synchronised momenta.

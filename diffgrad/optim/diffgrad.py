@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Callable
 from typing import Any, overload
 
@@ -11,7 +10,7 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, ParamsT
 
-from diffgrad.optim.friction import Friction, resolve_friction
+from diffgrad.optim.friction import Friction, check_friction_slope, resolve_friction
 from diffgrad.optim.functional import diffgrad
 from diffgrad.optim.modifiers import WARMUPS, Modifiers
 from diffgrad.optim.state import (
@@ -380,18 +379,7 @@ def _check_options(group: dict[str, Any]) -> None:
         value = group[name]
         if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0.0):
             raise ValueError(f"Invalid {phrase}: {value!r} ({name} must be a float >= 0)")
-    friction = resolve_friction(group["friction"])
-    slope = group["friction_slope"]
-    if slope is not None:
-        if not (
-            isinstance(slope, (int, float)) and not isinstance(slope, bool) and math.isfinite(slope) and slope >= 0
-        ):
-            raise ValueError(f"Invalid friction_slope: {slope!r} (must be None or a finite float >= 0)")
-        if friction.uses_stats:
-            raise ValueError(
-                f"Invalid friction_slope: {slope!r} (friction {friction.name!r} takes its slope from ν; "
-                "friction_slope applies to the frictions with a constant slope)"
-            )
+    check_friction_slope(resolve_friction(group["friction"]), group["friction_slope"])
     for name in (
         "decoupled_weight_decay",
         "amsgrad",

@@ -21,13 +21,23 @@ Note that the paper's stated range [0.5, 1] for DFC3–5 does not hold: ξ < 0.5
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-__all__ = ["DFC_RMS_SLOPE", "FRICTIONS", "Friction", "abs_grad_stats", "friction_", "get_friction", "resolve_friction"]
+__all__ = [
+    "DFC_RMS_SLOPE",
+    "FRICTIONS",
+    "Friction",
+    "abs_grad_stats",
+    "check_friction_slope",
+    "friction_",
+    "get_friction",
+    "resolve_friction",
+]
 
 # κ of dfc-rms: ξ = sigmoid(κ·|Δg|/(sqrt(v̂_t) + ε)) (docs/paper.md §10).
 DFC_RMS_SLOPE = 1.0
@@ -98,6 +108,20 @@ def resolve_friction(friction: str | Friction, slope: float | None = None) -> Fr
     when given (``DiffGrad``'s ``friction_slope``)."""
     resolved = friction if isinstance(friction, Friction) else get_friction(friction)
     return resolved if slope is None else dataclasses.replace(resolved, slope=float(slope))
+
+
+def check_friction_slope(friction: Friction, slope: object) -> None:
+    """Raise ``ValueError`` unless ``slope`` (an optimizer's ``friction_slope``) is None, or a
+    finite float ≥ 0 for a friction with a constant slope."""
+    if slope is None:
+        return
+    if not (isinstance(slope, (int, float)) and not isinstance(slope, bool) and math.isfinite(slope) and slope >= 0):
+        raise ValueError(f"Invalid friction_slope: {slope!r} (must be None or a finite float >= 0)")
+    if friction.uses_stats:
+        raise ValueError(
+            f"Invalid friction_slope: {slope!r} (friction {friction.name!r} takes its slope from ν; "
+            "friction_slope applies to the frictions with a constant slope)"
+        )
 
 
 def abs_grad_stats(grad: Tensor) -> tuple[Tensor, Tensor]:

@@ -24,14 +24,16 @@ VARIANTS = {
     # relative to the step's denominator: ξ needs sqrt(v̂) + ε in both readings
     "dfc_rms_momentum": {"freeze_step": FREEZE, "friction": "dfc-rms"},
     "dfc_rms_frozen": {"freeze_step": FREEZE, "friction": "dfc-rms", "xi_source": "frozen"},
+    "slope_maximize": {"freeze_step": FREEZE, "friction_slope": 3.0, "maximize": True},
 }
 
 
+@pytest.mark.parametrize("options", [{}, {"maximize": True, "friction_slope": 3.0}], ids=["defaults", "slope_maximize"])
 @pytest.mark.parametrize("ddp", [False, True], ids=["no_ddp", "ddp"])
-def test_warmup_equals_ddp_diffgrad_bitwise(ddp) -> None:
+def test_warmup_equals_ddp_diffgrad_bitwise(ddp, options) -> None:
     pool = pool4()
-    expected = pool.run(ddp_diffgrad_task, STEPS, world_size=2)[0]
-    got = pool.run(onebit_task, {"freeze_step": STEPS}, ddp, STEPS, world_size=2)
+    expected = pool.run(ddp_diffgrad_task, STEPS, options, world_size=2)[0]
+    got = pool.run(onebit_task, {"freeze_step": STEPS, **options}, ddp, STEPS, world_size=2)
     for result in got:
         for name, p in expected.items():
             assert torch.equal(result["params"][name], p), name
@@ -102,6 +104,10 @@ def test_bytes_sent_per_step(compressed_runs) -> None:
         ({"freeze_step": 3, "xi_source": "local"}, "Invalid xi_source: 'local'"),
         ({"freeze_step": 3, "friction": "dfc9"}, "Invalid friction: 'dfc9'"),
         ({"freeze_step": 3, "betas": (0.9, 1.0)}, "Invalid beta parameter at index 1: 1.0"),
+        ({"freeze_step": 3, "maximize": 1}, "Invalid maximize: 1"),
+        ({"freeze_step": 3, "friction": None, "friction_slope": 2.0}, "Invalid friction_slope: 2.0 (friction=None"),
+        ({"freeze_step": 3, "friction": "dfc3", "friction_slope": 2.0}, "takes its slope from ν"),
+        ({"freeze_step": 3, "friction_slope": -1.0}, "Invalid friction_slope: -1.0"),
     ],
 )
 def test_bad_settings_raise_clear_errors(options, message) -> None:

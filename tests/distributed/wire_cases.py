@@ -151,11 +151,13 @@ def onebit_task(options: dict[str, Any], ddp: bool, steps: int, resume_at: int |
     return {"params": _params(module), "state": opt.state_dict()["state"], "bytes": dict(opt.counter.sent)}
 
 
-def ddp_diffgrad_task(steps: int) -> dict[str, Tensor]:
-    """The exact control: DDP and DiffGrad's per-tensor reference path."""
+def ddp_diffgrad_task(steps: int, options: dict[str, Any] | None = None) -> dict[str, Tensor]:
+    """The exact control: DDP and DiffGrad's per-tensor reference path (with ``options``)."""
     rank, world_size = dist.get_rank(), dist.get_world_size()
     model = DDP(make_model())
-    _train(model, DiffGrad(model.parameters(), **HP, foreach=False), batches(steps), rank, world_size)
+    _train(
+        model, DiffGrad(model.parameters(), **HP, **(options or {}), foreach=False), batches(steps), rank, world_size
+    )
     return _params(model.module)
 
 
