@@ -24,7 +24,6 @@ import platform
 import shutil
 import subprocess
 import tempfile
-import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -34,6 +33,7 @@ from torch import Tensor
 
 from diffgrad.optim.friction import Friction, abs_grad_stats
 from diffgrad.optim.modifiers import Modifiers, adanorm_ratio_, centralized
+from diffgrad.optim.plans import PlanCache
 from diffgrad.optim.state import Blockwise8, StateBuffer, compute_dtype
 
 __all__ = ["fused_diffgrad_cpu", "library"]
@@ -310,16 +310,14 @@ class _Plan:
         self.param_array = (ctypes.c_void_p * len(descs))(*self.param_ptrs)
         self.grad_array = (ctypes.c_void_p * len(descs))()
         self.grad_dtypes = [params[i].dtype for i in self.direct]
-        self.refs: list[weakref.ref] = []  # to the tensors of the key, set by _plan
 
 
-_PLANS: dict[tuple[int, ...], _Plan] = {}
+_PLANS = PlanCache[_Plan]()
 
 
 def _plan(params: list[Tensor], state: Sequence[Sequence[StateBuffer | None]], steps: list[Tensor]) -> _Plan:
-    """The cached plan for these tensors: keyed by their identities, and dropped as soon as any
-    of them is freed (so that an identity cannot be reused while the plan holds its address).
-    State buffers do not move; a parameter whose storage was replaced is noticed by address."""
+    """The cached plan for these tensors (:class:`~diffgrad.optim.plans.PlanCache`). State
+    buffers do not move; a parameter whose storage was replaced is noticed by address."""
     tensors = [*params, *steps]
     for buffers in state:
         for b in buffers:
@@ -327,19 +325,10 @@ def _plan(params: list[Tensor], state: Sequence[Sequence[StateBuffer | None]], s
                 tensors.extend(b)
             elif b is not None:
                 tensors.append(b)
-    key = tuple(map(id, tensors))
-    plan = _PLANS.get(key)
+    plan = _PLANS.get(tensors)
     if plan is not None and plan.param_ptrs == [params[i].data_ptr() for i in plan.direct]:
         return plan
-    plan = _Plan(params, state, steps)
-    drop = functools.partial(_drop_plan, key)
-    plan.refs = [weakref.ref(t, drop) for t in tensors]
-    _PLANS[key] = plan
-    return plan
-
-
-def _drop_plan(key: tuple[int, ...], _: object) -> None:
-    _PLANS.pop(key, None)
+    return _PLANS.put(tensors, _Plan(params, state, steps))
 
 
 # ---------------------------------------------------------------------------------------------

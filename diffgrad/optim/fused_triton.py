@@ -27,8 +27,8 @@ it, as for the reference paths; non-contiguous parameters and state go through c
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
-from typing import cast
+from collections.abc import Callable, Sequence
+from typing import NamedTuple, cast
 
 import torch
 import triton
@@ -37,6 +37,7 @@ from torch import Tensor
 
 from diffgrad.optim.friction import Friction, abs_grad_stats
 from diffgrad.optim.modifiers import Modifiers, adainject_scale, adanorm_ratio_, centralized, rectification
+from diffgrad.optim.plans import PlanCache
 from diffgrad.optim.state import compute_dtype
 
 __all__ = ["fused_diffgrad_triton"]
@@ -218,8 +219,8 @@ def _chunks(device: torch.device, numels: tuple[int, ...]) -> tuple[Tensor, Tens
 
 
 def _coefficients(
-    step: float, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
-    decoupled_weight_decay: bool, grad_factor: float, friction: Friction, modifiers: Modifiers,
+    step: float, *, grad_factor: float, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
+    decoupled_weight_decay: bool, friction: Friction, modifiers: Modifiers,
 ) -> dict[str, float]:  # fmt: skip
     """The group's scalars at step t (Eq. 13, 20), in Python floats."""
     bias_correction1 = 1 - beta1**step
@@ -249,30 +250,50 @@ def _slope_factor(step: float, beta2: float, friction: Friction) -> float:
     return (1 - beta2**step) ** 0.5 if friction.relative else 1.0
 
 
+class _Tables(NamedTuple):
+    """A launch's tensors as the kernel finds them: the host address table (``_ROWS`` rows of
+    ``n`` entries, then room for the coefficients), the element counts, and the arrays' dtypes."""
+
+    host: Tensor
+    numels: tuple[int, ...]
+    dtypes: tuple[
+        torch.dtype | None, ...
+    ]  # param, grad, exp_avg, exp_avg_sq, previous_grad, max_exp_avg_sq, previous_param
+    compute: torch.dtype
+
+
+def _tables(arrays: Sequence[Sequence[Tensor | None]]) -> _Tables:
+    """The tables of the tensors whose contiguous arrays are ``arrays`` (one row per tensor: param,
+    grad, exp_avg, exp_avg_sq, previous_grad, max_exp_avg_sq or None, previous_param or None)."""
+    numels = tuple(cast(Tensor, row[0]).numel() for row in arrays)
+    rows = [[t.data_ptr() if t is not None else 0 for t in column] for column in zip(*arrays)]
+    entries = [x for row in rows for x in row] + list(numels) + [0] * len(_COEFFICIENTS)
+    dtypes = tuple(t.dtype if t is not None else None for t in arrays[0])
+    return _Tables(torch.tensor(entries, dtype=torch.int64), numels, dtypes, compute_dtype(cast(Tensor, arrays[0][0])))
+
+
 def _launch(
-    arrays: Sequence[Sequence[Tensor | None]],
+    tables: _Tables,
     coefficients: dict[str, float],
     tensor_scalars: Tensor | None,
     counts: Tensor | None,
     *,
+    device: torch.device,
     coupled: bool,
     friction: Friction,
     modifiers: Modifiers,
     count_only: bool = False,
 ) -> None:
-    """One launch over the tensors whose contiguous arrays are ``arrays`` (one row per tensor:
-    param, grad, exp_avg, exp_avg_sq, previous_grad, max_exp_avg_sq or None, previous_param or None)."""
-    param, grad, exp_avg, exp_avg_sq, previous_grad = (cast(Tensor, t) for t in arrays[0][:5])
-    max_exp_avg_sq, previous_param = arrays[0][5:]
-    device, n = param.device, len(arrays)
-    numels = tuple(cast(Tensor, row[0]).numel() for row in arrays)
-    table = [[t.data_ptr() if t is not None else 0 for t in column] for column in zip(*arrays)]
-    table.append(list(numels))
-    host = torch.tensor([x for row in table for x in row], dtype=torch.int64)
-    scalars = torch.tensor([coefficients[name] for name in _COEFFICIENTS], dtype=torch.float64).view(torch.int64)
-    upload = torch.cat([host, scalars]).to(device)
-    chunk_tensors, chunk_starts = _chunks(device, numels)
-    compute = compute_dtype(param)
+    """One launch over the tensors of ``tables``, with the group's ``coefficients``."""
+    n = len(tables.numels)
+    scalars = torch.tensor([coefficients[name] for name in _COEFFICIENTS], dtype=torch.float64)
+    tables.host[_ROWS * n :] = scalars.view(torch.int64)
+    upload = tables.host.to(device)
+    chunk_tensors, chunk_starts = _chunks(device, tables.numels)
+    param, grad, exp_avg, exp_avg_sq, previous_grad, max_exp_avg_sq, previous_param = tables.dtypes
+    assert param is not None and grad is not None and exp_avg is not None
+    assert exp_avg_sq is not None and previous_grad is not None
+    compute = tables.compute
     _diffgrad_kernel[(chunk_tensors.numel(),)](
         upload,
         upload[_ROWS * n :].view(torch.float64),
@@ -281,12 +302,12 @@ def _launch(
         chunk_tensors,
         chunk_starts,
         n,
-        PARAM=_TL_DTYPES[param.dtype],
-        GRAD=_TL_DTYPES[grad.dtype],
-        EXP_AVG=_TL_DTYPES[exp_avg.dtype],
-        EXP_AVG_SQ=_TL_DTYPES[exp_avg_sq.dtype],
-        PREVIOUS_GRAD=_TL_DTYPES[previous_grad.dtype],
-        MAX_EXP_AVG_SQ=_TL_DTYPES[compute if max_exp_avg_sq is None else max_exp_avg_sq.dtype],
+        PARAM=_TL_DTYPES[param],
+        GRAD=_TL_DTYPES[grad],
+        EXP_AVG=_TL_DTYPES[exp_avg],
+        EXP_AVG_SQ=_TL_DTYPES[exp_avg_sq],
+        PREVIOUS_GRAD=_TL_DTYPES[previous_grad],
+        MAX_EXP_AVG_SQ=_TL_DTYPES[max_exp_avg_sq or compute],
         COMPUTE=_TL_DTYPES[compute],
         COUPLED=coupled,
         AMSGRAD=max_exp_avg_sq is not None,
@@ -312,6 +333,63 @@ def _contiguous(t: Tensor | None, dtype: torch.dtype | None, write_back: list[tu
     copy = real.to(dtype, memory_format=torch.contiguous_format, copy=True)
     write_back.append((real, copy))
     return copy
+
+
+class _Plan(NamedTuple):
+    """The launches of a parameter list that stay the same from step to step: per group of
+    tensors with the same dtypes, their indices and tables (the gradients' row is filled in at each
+    step: a gradient may be a new tensor), and the parameters' addresses when it was made.
+    ``groups`` is None where some tensor needs a contiguous or real copy first."""
+
+    groups: list[tuple[list[int], _Tables]] | None
+    param_ptrs: list[int]
+
+
+_PLANS = PlanCache[_Plan]()
+
+
+def _plan(params: list[Tensor], buffers: Sequence[Sequence[Tensor] | None]) -> _Plan:
+    """The cached plan for ``params`` and their state ``buffers`` (exp_avg, exp_avg_sq,
+    previous_grad, max_exp_avg_sq or None, previous_param or None, one list each)."""
+    tensors = [*params, *(t for values in buffers if values is not None for t in values)]
+    plan = _PLANS.get(tensors)
+    if plan is not None and plan.param_ptrs == [p.data_ptr() for p in params]:
+        return plan
+    direct = all(t.is_contiguous() and not t.is_complex() for t in tensors) and (
+        buffers[4] is None or all(b.dtype == compute_dtype(p) for b, p in zip(buffers[4], params))
+    )
+    groups: dict[tuple[torch.dtype | None, ...], list[int]] = {}
+    for i, param in enumerate(params):
+        if param.numel():
+            groups.setdefault(tuple(None if b is None else b[i].dtype for b in [params, *buffers]), []).append(i)
+    # The parameter stands in for its gradient until a step fills the row in.
+    tables = [
+        (indices, _tables([[params[i], params[i], *(None if b is None else b[i] for b in buffers)] for i in indices]))
+        for indices in groups.values()
+    ]
+    return _PLANS.put(tensors, _Plan(tables if direct else None, [p.data_ptr() for p in params]))
+
+
+def _run_plan(
+    plan: _Plan,
+    params: list[Tensor],
+    grads: list[Tensor],
+    state_steps: list[Tensor],
+    coefficients: Callable[[float], dict[str, float]],
+    launch: Callable[..., None],
+) -> bool:
+    """The plan's launches, if every step count is the same and every gradient is laid out as
+    its parameter; else False, with nothing done."""
+    steps = {step_t.item() for step_t in state_steps}
+    if len(steps) != 1 or any(g.dtype != p.dtype or not g.is_contiguous() for g, p in zip(grads, params)):
+        return False
+    scalars = coefficients(steps.pop())
+    assert plan.groups is not None
+    for indices, tables in plan.groups:
+        n = len(indices)
+        tables.host[n : 2 * n] = torch.tensor([grads[i].data_ptr() for i in indices], dtype=torch.int64)
+        launch(tables, scalars, None, None, device=params[indices[0]].device)
+    return True
 
 
 def fused_diffgrad_triton(
@@ -341,10 +419,23 @@ def fused_diffgrad_triton(
     ``fused=True`` on GPUs, with 8-bit state already decoded): ``grad_factor`` is ±1/(AMP loss
     scale); ``max_exp_avg_sqs`` is empty without AMSGrad, ``previous_params``/``exp_grad_norms``
     empty unless AdaInject/AdaNorm is on. ``grads`` are read, never written."""
+    torch._foreach_add_(state_steps, 1)
     whole_tensor = friction.uses_stats or modifiers.adanorm or modifiers.centralize
     coupled = weight_decay != 0.0 and not decoupled_weight_decay
+    coefficients = functools.partial(
+        _coefficients, lr=float(lr), beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+        decoupled_weight_decay=decoupled_weight_decay, friction=friction, modifiers=modifiers,
+    )  # fmt: skip
+    launch = functools.partial(_launch, coupled=coupled and not whole_tensor, friction=friction, modifiers=modifiers)
+    if not (whole_tensor or modifiers.cautious):
+        buffers = [exp_avgs, exp_avg_sqs, previous_grads, max_exp_avg_sqs if amsgrad else None,
+                   previous_params if modifiers.adainject else None]  # fmt: skip
+        plan = _plan(params, buffers)
+        at_step = functools.partial(coefficients, grad_factor=grad_factor)
+        if plan.groups is not None and _run_plan(plan, params, grads, state_steps, at_step, launch):
+            return
+
     # One launch per parameter dtype, gradient dtype, state dtypes and step count t.
-    torch._foreach_add_(state_steps, 1)
     groups: dict[tuple[object, ...], tuple[float, list[int]]] = {}
     for i, (param, step_t) in enumerate(zip(params, state_steps)):
         if param.numel() == 0:
@@ -363,10 +454,7 @@ def fused_diffgrad_triton(
         groups.setdefault(key, (step, []))[1].append(i)
 
     for step, indices in groups.values():
-        coefficients = _coefficients(
-            step, float(lr), beta1, beta2, eps, weight_decay, decoupled_weight_decay,
-            1.0 if whole_tensor else grad_factor, friction, modifiers,
-        )  # fmt: skip
+        scalars = coefficients(step, grad_factor=1.0 if whole_tensor else grad_factor)
         write_back: list[tuple[Tensor, Tensor]] = []
         arrays: list[list[Tensor | None]] = []
         per_tensor: list[Tensor] = []
@@ -395,25 +483,24 @@ def fused_diffgrad_triton(
                 assert g is not None
                 one = torch.ones((), dtype=compute, device=param.device)
                 ratio = adanorm_ratio_(g, exp_grad_norms[i], modifiers.adanorm_gamma) if modifiers.adanorm else one
-                slope, offset = one * coefficients["slope"], one * 0.0
+                slope, offset = one * scalars["slope"], one * 0.0
                 if friction.uses_stats:
                     mu, nu = abs_grad_stats(g)
                     slope = friction.stat_slope(nu) * _slope_factor(step, beta2, friction)
                     offset = mu
                 per_tensor.append(torch.stack([ratio.to(compute), slope.to(compute), offset.to(compute), one]))
         tensor_scalars = torch.stack(per_tensor) if per_tensor else None
-        launch = functools.partial(
-            _launch, arrays, coefficients, coupled=coupled and not whole_tensor, friction=friction, modifiers=modifiers
-        )
+        tables = _tables(arrays)
+        device = params[indices[0]].device
         if modifiers.cautious:
             # The count pass, then N/(Σmask + 1) in the compute dtype, as the reference paths'
             # tensor arithmetic.
             assert tensor_scalars is not None
             counts = torch.zeros(len(arrays), dtype=torch.int64, device=tensor_scalars.device)
-            launch(tensor_scalars, counts, count_only=True)
+            launch(tables, scalars, tensor_scalars, counts, device=device, count_only=True)
             dtype = tensor_scalars.dtype
             numels = torch.tensor([cast(Tensor, row[0]).numel() for row in arrays], dtype=dtype, device=counts.device)
             tensor_scalars[:, _CAUTIOUS_SCALE] = numels / (counts.to(dtype) + 1.0)
-        launch(tensor_scalars, None)
+        launch(tables, scalars, tensor_scalars, None, device=device)
         for target, copy in write_back:
             target.copy_(copy)

@@ -109,6 +109,52 @@ def test_low_precision_and_compact_state(case: str, dtype: torch.dtype, state_dt
             )
 
 
+@interpreted
+@pytest.mark.usefixtures("triton_route")
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"amsgrad": True, "weight_decay": 0.1}, {"adainject": True, "rectify": True}, {"state_dtype": torch.bfloat16}],
+    ids=["plain", "amsgrad_wd", "adainject_rectify", "bf16_state"],
+)
+def test_planned_launches_match_the_per_tensor_path(options: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Contiguous real tensors take the launches planned once (two groups here: float32 and
+    bfloat16 parameters); a step where the step counts differ, or after a parameter's storage was
+    replaced, is planned anew or takes the general launches, with the same values."""
+    from diffgrad.optim import fused_triton
+
+    planned = []
+    run_plan = fused_triton._run_plan
+    monkeypatch.setattr(fused_triton, "_run_plan", lambda *args: planned.append(run_plan(*args)) or planned[-1])
+
+    def run(path: dict) -> tuple[list[torch.Tensor], DiffGrad]:
+        g = torch.Generator().manual_seed(0)
+        params = [
+            torch.randn(3000, generator=g),
+            torch.randn(7, 5, generator=g),
+            torch.randn(40, generator=g).bfloat16(),
+        ]
+        params = [p.requires_grad_() for p in params]
+        opt = DiffGrad(params, **HP, **options, **path)
+        for step in range(1, 9):
+            if step == 4:
+                params[0].data = params[0].data.clone()  # new storage: a new plan
+            for i, p in enumerate(params):
+                skip = i == 1 and step == 6  # the step counts part here
+                p.grad = None if skip else torch.randn(p.shape, generator=g).to(p.dtype)
+            opt.step()
+        return params, opt
+
+    actual, fused = run({"fused": True})
+    # Step 6 plans the two parameters with gradients; from step 7 on the counts differ.
+    assert planned == [True] * 6 + [False] * 2, planned
+    expected, reference = run({"foreach": False})
+    for p, q in zip(actual, expected):
+        tolerance = {"rtol": 2**-7, "atol": 2**-7} if p.dtype == torch.bfloat16 or options.get("state_dtype") else {}
+        torch.testing.assert_close(p, q, **tolerance)
+        for key, value in reference.state[q].items():
+            torch.testing.assert_close(fused.state[p][key], value, **tolerance)
+
+
 def test_without_triton_fused_on_cuda_names_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "diffgrad.optim.fused_triton", None)
     with pytest.raises(RuntimeError, match="Triton"):
