@@ -99,7 +99,8 @@ def _cast(x, DTYPE: tl.constexpr):
         return x.to(DTYPE)
 
 
-@triton.jit
+# The number of tensors varies from group to group: one compiled kernel for all of them.
+@triton.jit(do_not_specialize=["n_tensors"])
 def _diffgrad_kernel(
     addresses,  # int64 [_ROWS, n_tensors]
     coefficients,  # float64 [len(_COEFFICIENTS)]
