@@ -15,7 +15,7 @@ with s_t = α·r_t·sqrt(1 − β2^t)/(1 − β1^t), ε_t = ε·sqrt(1 − β2^t
 (r_t, w from RAdam's rule when rectified; r_t = 1, w = 0 otherwise). d is 1, or sqrt(v̂) + ε for a
 relative friction, whose slope then takes the factor sqrt(1 − β2^t).
 
-A launch covers the tensors of one parameter dtype, gradient dtype, state dtypes and step count:
+A launch covers the tensors of one device, parameter dtype, gradient dtype, state dtypes and step count:
 a table of their addresses, one program per ``BLOCK`` elements of one tensor. Parameters and state
 are read and written in their own dtypes (bfloat16 state included) with the arithmetic in the
 compute dtype. What needs a whole tensor happens first, with torch operations on the device:
@@ -26,6 +26,7 @@ it, as for the reference paths; non-contiguous parameters and state go through c
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable, Sequence
 from typing import NamedTuple, cast
@@ -295,31 +296,33 @@ def _launch(
     assert param is not None and grad is not None and exp_avg is not None
     assert exp_avg_sq is not None and previous_grad is not None
     compute = tables.compute
-    _diffgrad_kernel[(chunk_tensors.numel(),)](
-        upload,
-        upload[_ROWS * n :].view(torch.float64),
-        upload if tensor_scalars is None else tensor_scalars,
-        upload if counts is None else counts,
-        chunk_tensors,
-        chunk_starts,
-        n,
-        PARAM=_TL_DTYPES[param],
-        GRAD=_TL_DTYPES[grad],
-        EXP_AVG=_TL_DTYPES[exp_avg],
-        EXP_AVG_SQ=_TL_DTYPES[exp_avg_sq],
-        PREVIOUS_GRAD=_TL_DTYPES[previous_grad],
-        MAX_EXP_AVG_SQ=_TL_DTYPES[max_exp_avg_sq or compute],
-        COMPUTE=_TL_DTYPES[compute],
-        COUPLED=coupled,
-        AMSGRAD=max_exp_avg_sq is not None,
-        ABSOLUTE=friction.absolute,
-        RELATIVE=friction.relative,
-        PER_TENSOR=tensor_scalars is not None,
-        INJECT=previous_param is not None,
-        CAUTIOUS=modifiers.cautious,
-        COUNT_ONLY=count_only,
-        BLOCK=BLOCK,
-    )
+    # Triton launches on the current CUDA device: make it the tensors' one.
+    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+        _diffgrad_kernel[(chunk_tensors.numel(),)](
+            upload,
+            upload[_ROWS * n :].view(torch.float64),
+            upload if tensor_scalars is None else tensor_scalars,
+            upload if counts is None else counts,
+            chunk_tensors,
+            chunk_starts,
+            n,
+            PARAM=_TL_DTYPES[param],
+            GRAD=_TL_DTYPES[grad],
+            EXP_AVG=_TL_DTYPES[exp_avg],
+            EXP_AVG_SQ=_TL_DTYPES[exp_avg_sq],
+            PREVIOUS_GRAD=_TL_DTYPES[previous_grad],
+            MAX_EXP_AVG_SQ=_TL_DTYPES[max_exp_avg_sq or compute],
+            COMPUTE=_TL_DTYPES[compute],
+            COUPLED=coupled,
+            AMSGRAD=max_exp_avg_sq is not None,
+            ABSOLUTE=friction.absolute,
+            RELATIVE=friction.relative,
+            PER_TENSOR=tensor_scalars is not None,
+            INJECT=previous_param is not None,
+            CAUTIOUS=modifiers.cautious,
+            COUNT_ONLY=count_only,
+            BLOCK=BLOCK,
+        )
 
 
 def _contiguous(t: Tensor | None, dtype: torch.dtype | None, write_back: list[tuple[Tensor, Tensor]]) -> Tensor | None:
@@ -359,10 +362,11 @@ def _plan(params: list[Tensor], buffers: Sequence[Sequence[Tensor] | None]) -> _
     direct = all(t.is_contiguous() and not t.is_complex() for t in tensors) and (
         buffers[4] is None or all(b.dtype == compute_dtype(p) for b, p in zip(buffers[4], params))
     )
-    groups: dict[tuple[torch.dtype | None, ...], list[int]] = {}
+    groups: dict[tuple[object, ...], list[int]] = {}
     for i, param in enumerate(params):
         if param.numel():
-            groups.setdefault(tuple(None if b is None else b[i].dtype for b in [params, *buffers]), []).append(i)
+            dtypes = tuple(None if b is None else b[i].dtype for b in [params, *buffers])
+            groups.setdefault((param.device, *dtypes), []).append(i)
     # The parameter stands in for its gradient until a step fills the row in.
     tables = [
         (indices, _tables([[params[i], params[i], *(None if b is None else b[i] for b in buffers)] for i in indices]))
@@ -436,7 +440,7 @@ def fused_diffgrad_triton(
         if plan.groups is not None and _run_plan(plan, params, grads, state_steps, at_step, launch):
             return
 
-    # One launch per parameter dtype, gradient dtype, state dtypes and step count t.
+    # One launch per device, parameter dtype, gradient dtype, state dtypes and step count t.
     groups: dict[tuple[object, ...], tuple[float, list[int]]] = {}
     for i, (param, step_t) in enumerate(zip(params, state_steps)):
         if param.numel() == 0:
@@ -444,6 +448,7 @@ def fused_diffgrad_triton(
         step = step_t.item()
         v_max = max_exp_avg_sqs[i].dtype if amsgrad else None
         key = (
+            param.device,
             param.dtype,
             grads[i].dtype,
             exp_avgs[i].dtype,
