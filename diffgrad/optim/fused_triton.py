@@ -15,10 +15,12 @@ with s_t = α·r_t·sqrt(1 − β2^t)/(1 − β1^t), ε_t = ε·sqrt(1 − β2^t
 (r_t, w from RAdam's rule when rectified; r_t = 1, w = 0 otherwise). d is 1, or sqrt(v̂) + ε for a
 relative friction, whose slope then takes the factor sqrt(1 − β2^t).
 
-A launch covers the tensors of one device, parameter dtype, gradient dtype, state dtypes and step count:
-a table of their addresses, one program per ``BLOCK`` elements of one tensor. Parameters and state
-are read and written in their own dtypes (bfloat16 state included) with the arithmetic in the
-compute dtype. What needs a whole tensor happens first, with torch operations on the device:
+A launch covers the tensors of one device, parameter dtype, gradient dtype, state dtypes and step
+count: a table of their addresses, one program per ``BLOCK`` elements of one tensor. The groups and
+tables of a parameter list are planned once and kept while its tensors live
+(:mod:`diffgrad.optim.plans`); a step fills in the gradients' addresses and the coefficients.
+Parameters and state are read and written in their own dtypes (bfloat16 state included) with the
+arithmetic in the compute dtype. What needs a whole tensor happens first, with torch operations on the device:
 centralisation, the statistics μ, ν of DFC3–5, AdaNorm's norm, and cautious masking's count (a
 counting launch of the same kernel). 8-bit state is decoded before the launch and encoded after
 it, as for the reference paths; non-contiguous parameters and state go through contiguous copies.
