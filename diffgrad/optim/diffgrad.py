@@ -355,9 +355,10 @@ def _modifiers(group: dict[str, Any]) -> Modifiers:
     return Modifiers(**{name: group[name] for name in Modifiers.__dataclass_fields__})
 
 
-def _check_options(group: dict[str, Any]) -> None:
-    """Reject bad hyper-parameters with an error that names the argument and the value."""
-    lr = group["lr"]
+def check_adam_options(lr: object, betas: object, eps: object, weight_decay: object) -> None:
+    """Reject a bad ``lr`` (a float or a one-element tensor), ``betas``, ``eps`` or
+    ``weight_decay`` with an error that names the argument and the value (the phrases
+    ``torch.optim`` uses)."""
     if isinstance(lr, Tensor):
         if lr.numel() != 1:
             raise ValueError(f"Invalid learning rate: a tensor lr must have one element, got shape {tuple(lr.shape)}")
@@ -368,17 +369,19 @@ def _check_options(group: dict[str, Any]) -> None:
         raise ValueError(f"Invalid learning rate: {lr!r} (lr must be a float or a one-element tensor)")
     if not lr_value >= 0.0:
         raise ValueError(f"Invalid learning rate: {lr_value} (lr must be >= 0)")
-
-    betas = group["betas"]
     if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
         raise ValueError(f"Invalid betas: {betas!r} (expected a pair (beta1, beta2))")
     for index, beta in enumerate(betas):
         if not (isinstance(beta, (int, float)) and not isinstance(beta, bool) and 0.0 <= beta < 1.0):
             raise ValueError(f"Invalid beta parameter at index {index}: {beta!r} (betas[{index}] must be in [0, 1))")
-    for name, phrase in (("eps", "epsilon value"), ("weight_decay", "weight_decay value")):
-        value = group[name]
+    for name, phrase, value in (("eps", "epsilon value", eps), ("weight_decay", "weight_decay value", weight_decay)):
         if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0.0):
             raise ValueError(f"Invalid {phrase}: {value!r} ({name} must be a float >= 0)")
+
+
+def _check_options(group: dict[str, Any]) -> None:
+    """Reject bad hyper-parameters with an error that names the argument and the value."""
+    check_adam_options(group["lr"], group["betas"], group["eps"], group["weight_decay"])
     check_friction_slope(resolve_friction(group["friction"]), group["friction_slope"])
     for name in (
         "decoupled_weight_decay",

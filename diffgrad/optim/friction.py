@@ -6,10 +6,11 @@ Every variant in the paper has the same shape, a scaled logistic of the gradient
     ξ = scale · sigmoid(slope · h(Δg) − offset) + shift,    h = |·| or the identity
 
 where slope and offset are constants, or for DFC3–DFC5 come from the statistics μ, ν of |g_t|
-(slope = ν^p, offset = μ). This project's scale-free friction ``dfc-rms`` (docs/paper.md §10) takes
-h(Δg) relative to the step's denominator, |Δg|/(sqrt(v̂_t) + ε). So each variant is a row of numbers (:class:`Friction`: plain data,
-which pickles, deep-copies and loads with ``torch.load(weights_only=True)``), and one function,
-:func:`friction_`, computes all of them for every implementation path.
+(slope = ν^p, offset = μ). This project's scale-free friction ``dfc-rms`` (docs/paper.md §10)
+takes h(Δg) relative to the step's denominator, |Δg|/(sqrt(v̂_t) + ε). So each variant is a row
+of numbers (:class:`Friction`: plain data, which pickles, deep-copies and loads with
+``torch.load(weights_only=True)``), and one function, :func:`friction_`, computes all of them for
+every implementation path.
 
 Reading of μ and ν for DFC3–DFC5. The paper defines them as "the mean and standard deviation of
 absolute gradients of the batch". We read that as: per parameter tensor, over all of its elements,

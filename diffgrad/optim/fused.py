@@ -34,9 +34,9 @@ from torch import Tensor
 from diffgrad.optim.friction import Friction, abs_grad_stats
 from diffgrad.optim.modifiers import Modifiers, adanorm_ratio_, centralized
 from diffgrad.optim.plans import PlanCache
-from diffgrad.optim.state import Blockwise8, StateBuffer, compute_dtype
+from diffgrad.optim.state import Blockwise8, StateBuffer, compute_dtype, contiguous_copy, real_view, staged
 
-__all__ = ["fused_diffgrad_cpu", "library"]
+__all__ = ["effective_grad", "fused_diffgrad_cpu", "library"]
 
 _SOURCE = Path(__file__).with_name("csrc") / "fused_step.cpp"
 # Compiler flags, GCC's spelling (clang accepts them too). -fno-math-errno and -fno-trapping-math
@@ -179,26 +179,16 @@ def library() -> ctypes.CDLL:
 # Describing tensors to the kernel.
 
 
-def _real(t: Tensor) -> Tensor:
-    return torch.view_as_real(t) if t.is_complex() else t
-
-
 def _buffer_format(buffer: StateBuffer | None, compute: torch.dtype) -> int | None:
     """The kernel's format code for a buffer it can update in place, or None if it cannot."""
     if buffer is None:
         return _ABSENT
     if isinstance(buffer, Blockwise8):
         return _BLOCKWISE8
-    real = _real(buffer)
+    real = real_view(buffer)
     if not real.is_contiguous() or real.dtype not in (compute, torch.bfloat16):
         return None
     return _FORMATS[real.dtype]
-
-
-def _contiguous_copy(t: Tensor, dtype: torch.dtype) -> Tensor:
-    # Not t.to(dtype, memory_format=torch.contiguous_format): for a view_as_real of a
-    # non-contiguous complex tensor, torch 2.13 returns the same strides.
-    return torch.empty(t.shape, dtype=dtype).copy_(t)
 
 
 class _Prepared(NamedTuple):
@@ -236,20 +226,11 @@ def _staged(param: Tensor, buffers: Sequence[StateBuffer | None], step: Tensor) 
     update in place; the pairs to copy back after the step."""
     compute = compute_dtype(param)
     write_back: list[tuple[Tensor, Tensor]] = []
-
-    def contiguous(t: Tensor, dtype: torch.dtype) -> Tensor:
-        real = _real(t)
-        if real.is_contiguous() and real.dtype == dtype:
-            return real
-        copy = _contiguous_copy(real, dtype)
-        write_back.append((real, copy))
-        return copy
-
-    work_param = contiguous(param, param.dtype if param.dtype in _DIRECT_PARAM_DTYPES else compute)
+    work_param = staged(param, param.dtype if param.dtype in _DIRECT_PARAM_DTYPES else compute, write_back)
     work_buffers = [
         b
         if b is None or isinstance(b, Blockwise8)
-        else contiguous(b, b.dtype if b.dtype == torch.bfloat16 else compute)
+        else staged(b, b.dtype if b.dtype == torch.bfloat16 else compute, write_back)
         for b in buffers
     ]
     work_step = step if step.dtype == torch.float32 else step.to(torch.float32)
@@ -263,24 +244,25 @@ def _staged(param: Tensor, buffers: Sequence[StateBuffer | None], step: Tensor) 
 def _grad_for(param: Tensor, grad: Tensor) -> Tensor:
     """The gradient as the kernel reads it: contiguous and real, in the dtype of the parameter's
     array or in the compute dtype."""
-    real = _real(grad)
+    real = real_view(grad)
     if real.is_contiguous() and real.dtype in (param.dtype, compute_dtype(param)):
         return real
-    return _contiguous_copy(real, compute_dtype(param))
+    return contiguous_copy(real, compute_dtype(param))
 
 
-def _effective_grad(
+def effective_grad(
     grad: Tensor, param: Tensor, grad_factor: float, centralize: bool, coupled_weight_decay: float
 ) -> Tensor:
-    """g_t as the step uses it, in the compute dtype, in the reference paths' order:
-    grad·grad_factor, centralised, + λθ (coupled decay)."""
-    g = _real(grad).to(compute_dtype(param))
+    """g_t as the step uses it, contiguous, in the compute dtype, in the reference paths' order:
+    grad·grad_factor, centralised, + λθ (coupled decay). The fused kernels take it where an
+    option needs the whole effective gradient first."""
+    g = real_view(grad).to(compute_dtype(param))
     if grad_factor != 1.0:
         g = g.mul(grad_factor)
     if centralize:
         g = centralized(g)
     if coupled_weight_decay != 0.0:
-        g = g.add(_real(param).to(g.dtype), alpha=coupled_weight_decay)
+        g = g.add(real_view(param).to(g.dtype), alpha=coupled_weight_decay)
     return g.contiguous()
 
 
@@ -453,7 +435,7 @@ def fused_diffgrad_cpu(
         grad = grads[i]
         scalars = None
         if whole_tensor:
-            grad = _effective_grad(grad, param, grad_factor, modifiers.centralize, coupled_weight_decay)
+            grad = effective_grad(grad, param, grad_factor, modifiers.centralize, coupled_weight_decay)
             scalars = _TensorScalars(ratio=1.0, slope=friction.slope, offset=0.0)
             if friction.uses_stats:
                 mu, nu = abs_grad_stats(grad)

@@ -39,9 +39,10 @@ import triton.language as tl
 from torch import Tensor
 
 from diffgrad.optim.friction import Friction, abs_grad_stats
-from diffgrad.optim.modifiers import Modifiers, adainject_scale, adanorm_ratio_, centralized, rectification
+from diffgrad.optim.fused import effective_grad
+from diffgrad.optim.modifiers import Modifiers, adainject_scale, adanorm_ratio_, rectification
 from diffgrad.optim.plans import PlanCache
-from diffgrad.optim.state import compute_dtype
+from diffgrad.optim.state import compute_dtype, real_view, staged
 
 __all__ = ["fused_diffgrad_triton"]
 
@@ -207,10 +208,6 @@ def _diffgrad_kernel(
 # The launches.
 
 
-def _real(t: Tensor) -> Tensor:
-    return torch.view_as_real(t) if t.is_complex() else t
-
-
 @functools.lru_cache(maxsize=64)
 def _chunks(device: torch.device, numels: tuple[int, ...]) -> tuple[Tensor, Tensor]:
     """The tensor index and first element of every program, for tensors of these sizes."""
@@ -328,17 +325,8 @@ def _launch(
 
 
 def _contiguous(t: Tensor | None, dtype: torch.dtype | None, write_back: list[tuple[Tensor, Tensor]]) -> Tensor | None:
-    """``t`` as a contiguous real array in ``dtype`` (its own when None): itself where it is one,
-    else a copy, listed in ``write_back`` when the step writes it."""
-    if t is None or (t.is_contiguous() and not t.is_complex() and (dtype is None or t.dtype == dtype)):
-        return t
-    real = _real(t)
-    dtype = dtype or real.dtype
-    if real.is_contiguous() and real.dtype == dtype:
-        return real
-    copy = real.to(dtype, memory_format=torch.contiguous_format, copy=True)
-    write_back.append((real, copy))
-    return copy
+    """:func:`~diffgrad.optim.state.staged` in ``dtype`` (``t``'s own when None), and None for None."""
+    return None if t is None else staged(t, dtype or real_view(t).dtype, write_back)
 
 
 class _Plan(NamedTuple):
@@ -472,11 +460,7 @@ def fused_diffgrad_triton(
             grad = grads[i]
             if whole_tensor:
                 # g_t of the whole tensor first (the kernel then takes it as it is).
-                grad = _real(grad).to(compute) * grad_factor
-                if modifiers.centralize:
-                    grad = centralized(grad)
-                if coupled:
-                    grad = grad.add(_real(param).to(compute), alpha=weight_decay)
+                grad = effective_grad(grad, param, grad_factor, modifiers.centralize, weight_decay if coupled else 0.0)
             arrays.append([
                 _contiguous(param, None, write_back),
                 _contiguous(grad, None, []),

@@ -45,10 +45,13 @@ __all__ = [
     "StateBuffer",
     "check_state_dtype",
     "compute_dtype",
+    "contiguous_copy",
     "load",
     "new_buffer",
     "pack",
     "real_numel",
+    "real_view",
+    "staged",
     "store",
     "unpack",
 ]
@@ -119,17 +122,35 @@ def new_buffer(param: Tensor, state_dtype: torch.dtype | str | None) -> StateBuf
     if param.is_complex() and dtype == param.real.dtype:
         # Complex state for a complex parameter, as torch.optim keeps it.
         return torch.zeros_like(param, memory_format=torch.preserve_format)
-    real = torch.view_as_real(param) if param.is_complex() else param
-    return torch.zeros_like(real, dtype=dtype, memory_format=torch.preserve_format)
+    return torch.zeros_like(real_view(param), dtype=dtype, memory_format=torch.preserve_format)
 
 
-def _real(t: Tensor) -> Tensor:
+def real_view(t: Tensor) -> Tensor:
+    """``t`` as real numbers: a complex tensor's ``view_as_real``, any other tensor itself."""
     return torch.view_as_real(t) if t.is_complex() else t
+
+
+def staged(t: Tensor, dtype: torch.dtype, write_back: list[tuple[Tensor, Tensor]]) -> Tensor:
+    """``t`` as a contiguous real array in ``dtype`` for a kernel: its real view where that is one,
+    else a contiguous copy, with (view, copy) appended to ``write_back`` for the copy back."""
+    real = real_view(t)
+    if real.is_contiguous() and real.dtype == dtype:
+        return real
+    copy = contiguous_copy(real, dtype)
+    write_back.append((real, copy))
+    return copy
+
+
+def contiguous_copy(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """A contiguous copy of ``t`` in ``dtype`` (on ``t``'s device)."""
+    # Not t.to(dtype, memory_format=torch.contiguous_format): for a view_as_real of a
+    # non-contiguous complex tensor in its own dtype, torch 2.13 returns it with the same strides.
+    return torch.empty(t.shape, dtype=dtype, device=t.device).copy_(t)
 
 
 def flat_viewable(t: Tensor) -> bool:
     """Whether ``t`` (a plain buffer, parameter or gradient) has a flat view in element order."""
-    return _real(t).is_contiguous()
+    return real_view(t).is_contiguous()
 
 
 Span = tuple[int, int] | None  # elements lo:hi of the flattened real tensor, or None: all, unflattened
@@ -155,7 +176,7 @@ def load(
         if sqrt_domain:
             values = values.square()
         return values.to(dtype, copy=True), True
-    real = _real(buffer)
+    real = real_view(buffer)
     if span is None:
         part, is_view = real, True
     elif real.is_contiguous():
@@ -191,7 +212,7 @@ def store(
         _write(buffer.codes[lo:hi], codes, keep)
         _write(buffer.absmax[lo // BLOCK : hi // BLOCK], absmax, keep)
         return
-    real = _real(buffer)
+    real = real_view(buffer)
     if span is not None and real.is_contiguous():
         _write(real.view(-1)[span[0] : span[1]], value, keep)
     else:
@@ -212,7 +233,7 @@ def unpack(buffer: StateBuffer, param: Tensor, *, sqrt_domain: bool = False) -> 
     dtype = compute_dtype(param)
     if isinstance(buffer, Blockwise8):
         values, _ = load(buffer, (0, real_numel(param)), dtype, copy=False, sqrt_domain=sqrt_domain)
-        return values.view(_real(param).shape), True
+        return values.view(real_view(param).shape), True
     return load(buffer, None, dtype, copy=False)
 
 
@@ -221,7 +242,7 @@ def pack(buffer: StateBuffer, value: Tensor, *, sqrt_domain: bool = False) -> No
     if isinstance(buffer, Blockwise8):
         store(buffer, value.reshape(-1), (0, value.numel()), sqrt_domain=sqrt_domain)
     else:
-        _real(buffer).copy_(value)
+        real_view(buffer).copy_(value)
 
 
 def buffer_tensors(key: str, buffer: StateBuffer) -> dict[str, Tensor]:
