@@ -79,27 +79,16 @@ def wire_bytes(op: str, nbytes: int, world_size: int) -> int:
 @dataclass
 class WireCounter:
     """Bytes this rank sent, per collective (see :func:`wire_bytes`), counted where each collective
-    is issued. ``steps`` is advanced by the caller, so that :meth:`per_step` is a mean over steps."""
+    is issued."""
 
     sent: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    calls: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    steps: int = 0
 
     def record(self, op: str, tensor: Tensor, world_size: int) -> None:
         self.sent[op] += wire_bytes(op, tensor.numel() * tensor.element_size(), world_size)
-        self.calls[op] += 1
 
     @property
     def total(self) -> int:
         return sum(self.sent.values())
-
-    def per_step(self) -> float:
-        return self.total / max(self.steps, 1)
-
-    def reset(self) -> None:
-        self.sent.clear()
-        self.calls.clear()
-        self.steps = 0
 
 
 def check_all_to_all(group: dist.ProcessGroup | None = None) -> None:
@@ -203,7 +192,9 @@ class ChunkLayout:
     def decode(self, payload: Tensor, rows: Sequence[int], dtype: torch.dtype) -> Tensor:
         """C(u) from the bytes of :meth:`encode`."""
         packed, scale_bytes = payload.split([self.sign_bytes, payload.shape[1] - self.sign_bytes], dim=1)
-        scales = scale_bytes.contiguous().view(torch.float32).to(dtype)
+        # A fresh copy: with one rank the slice already counts as contiguous, but starts at a byte
+        # offset that float32 cannot be viewed from.
+        scales = scale_bytes.clone(memory_format=torch.contiguous_format).view(torch.float32).to(dtype)
         signs = unpack_signs(packed, dtype)
         for chunk, scale in zip(signs.split(self.widths, 1), scales.T):
             chunk.mul_(scale.unsqueeze(1))

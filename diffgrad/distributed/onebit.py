@@ -55,8 +55,9 @@ from diffgrad.distributed.compression import (
     compressed_all_reduce,
     error_buffers,
 )
+from diffgrad.optim.diffgrad import check_adam_options
 from diffgrad.optim.friction import Friction, check_friction_slope, friction_, resolve_friction
-from diffgrad.optim.functional import diffgrad
+from diffgrad.optim.functional import denominator, diffgrad
 from diffgrad.optim.state import StateBuffer
 
 __all__ = ["NO_FRICTION", "XI_SOURCES", "OneBitDiffGrad", "onebit_comm_hook"]
@@ -126,15 +127,7 @@ class OneBitDiffGrad(Optimizer):
         friction_slope: float | None = None,
         group: dist.ProcessGroup | None = None,
     ) -> None:
-        if lr < 0.0:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if eps < 0.0:
-            raise ValueError(f"Invalid epsilon value: {eps}")
-        for index, beta in enumerate(betas):
-            if not 0.0 <= beta < 1.0:
-                raise ValueError(f"Invalid beta parameter at index {index}: {beta}")
-        if weight_decay < 0.0:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        check_adam_options(lr, betas, eps, weight_decay)
         if isinstance(freeze_step, bool) or not isinstance(freeze_step, int) or freeze_step < 1:
             raise ValueError(f"Invalid freeze_step: {freeze_step!r}; expected an integer >= 1 (warm-up steps)")
         if xi_source not in XI_SOURCES:
@@ -175,6 +168,17 @@ class OneBitDiffGrad(Optimizer):
         for group in self.param_groups:
             for name, value in self.defaults.items():
                 group.setdefault(name, value)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        # One freeze for every group: the DDP hook stops averaging all gradients at once.
+        freeze_step = self.param_groups[-1]["freeze_step"]
+        if freeze_step != self.param_groups[0]["freeze_step"]:
+            self.param_groups.pop()
+            raise ValueError(
+                f"Invalid freeze_step: {freeze_step!r}; every parameter group must freeze at the same step "
+                f"({self.param_groups[0]['freeze_step']})"
+            )
 
     @property
     def compressing(self) -> bool:
@@ -255,7 +259,6 @@ class OneBitDiffGrad(Optimizer):
                     compressed_all_reduce, group=self.group, counter=self.counter, layout=self._layouts[index]
                 ),
             )
-        self.counter.steps += 1
         return loss
 
     def _average(self, grads: list[Tensor]) -> None:
@@ -270,8 +273,8 @@ class OneBitDiffGrad(Optimizer):
         """Keep ξ_T of the last warm-up step (``xi_source="frozen"``): from Δg_T = ḡ_{T−1} − ḡ_T
         (``deltas``, taken before the step) and, for a friction relative to the step's
         denominator, sqrt(v̂_T) + ε after it."""
-        bias_correction2_sqrt = (1 - hyper["beta2"] ** int(lists.state_steps[0])) ** 0.5
-        denoms = [(v.sqrt() / bias_correction2_sqrt).add_(hyper["eps"]) for v in lists.exp_avg_sqs]
+        step = int(lists.state_steps[0])
+        denoms = [denominator(v, step, hyper["beta2"], hyper["eps"]) for v in lists.exp_avg_sqs]
         for p, xi in zip(lists.params, friction_(hyper["friction"], deltas, grads, denoms=denoms)):  # Eq. 17–19
             self.state[p]["frozen_friction"] = xi
 
@@ -347,9 +350,8 @@ def _onebit_diffgrad(
         exp_avg.lerp_(grad, 1 - beta1)  # Eq. 11, this rank's m^i_t
     communicate(exp_avgs, worker_errors, server_errors)  # m̄_t (1-bit Adam, Alg. 1)
 
-    bias_correction2_sqrt = (1 - beta2**freeze_step) ** 0.5  # v̂ stays v_T/(1 − β2^T)
     for i, (param, exp_avg, exp_avg_sq, step_t) in enumerate(zip(params, exp_avgs, exp_avg_sqs, state_steps)):
-        denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+        denom = denominator(exp_avg_sq, freeze_step, beta2, eps)  # v̂ stays v_T/(1 − β2^T)
         update = exp_avg.clone()
         if implied:
             average_grad = scaled_previous[i].sub_(exp_avg).div_(beta1 - 1)  # ḡ_t = (m̄_t − β1·m̄_{t−1})/(1 − β1)

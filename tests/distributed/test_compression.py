@@ -27,6 +27,17 @@ def test_layout_pads_each_tensor_to_whole_bytes_per_rank() -> None:
     assert layout.real.tolist() == [[8, 5], [5, 0], [0, 0]]
 
 
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+@pytest.mark.parametrize("sizes", [[10], [13, 5, 40]], ids=["sign_bytes_2", "sign_bytes_multiple_of_4"])
+def test_decode_reads_back_what_encode_sent(world_size, sizes) -> None:
+    """The receivers' C(u) equals the sender's, whatever byte offset the scales start at."""
+    layout = ChunkLayout(sizes, world_size)
+    u = torch.randn(world_size, sum(layout.widths), generator=torch.Generator().manual_seed(0))
+    rows = list(range(world_size))
+    payload, compressed = layout.encode(u, rows)
+    assert torch.equal(layout.decode(payload, rows, u.dtype), compressed)
+
+
 @pytest.mark.parametrize("world_size", [2, 3, 4])
 def test_two_phase_all_reduce_matches_plain_python_reference(world_size) -> None:
     g = torch.Generator().manual_seed(world_size)

@@ -105,6 +105,7 @@ def test_bytes_sent_per_step(compressed_runs) -> None:
         ({"freeze_step": 3, "friction": "dfc9"}, "Invalid friction: 'dfc9'"),
         ({"freeze_step": 3, "betas": (0.9, 1.0)}, "Invalid beta parameter at index 1: 1.0"),
         ({"freeze_step": 3, "maximize": 1}, "Invalid maximize: 1"),
+        ({"freeze_step": 3, "groups": [{"freeze_step": 5}]}, "Invalid freeze_step: 5; every parameter group"),
         ({"freeze_step": 3, "friction": None, "friction_slope": 2.0}, "Invalid friction_slope: 2.0 (friction=None"),
         ({"freeze_step": 3, "friction": "dfc3", "friction_slope": 2.0}, "takes its slope from ν"),
         ({"freeze_step": 3, "friction_slope": -1.0}, "Invalid friction_slope: -1.0"),

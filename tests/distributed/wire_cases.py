@@ -162,9 +162,14 @@ def ddp_diffgrad_task(steps: int, options: dict[str, Any] | None = None) -> dict
 
 
 def onebit_error_task(options: dict[str, Any]) -> str:
-    """The message of the error OneBitDiffGrad(``options``) raises on this rank."""
+    """The message of the error OneBitDiffGrad(``options``) raises on this rank; ``options["groups"]``
+    (if given) holds the settings of a second parameter group."""
+    options = dict(options)
+    params = list(make_model().parameters())
+    second = options.pop("groups", [])
+    groups = [{"params": params[:1]}, *({"params": params[1:], **g} for g in second)] if second else params
     try:
-        OneBitDiffGrad(make_model().parameters(), **options)
+        OneBitDiffGrad(groups, **options)
     except (ValueError, RuntimeError) as error:
         return str(error)
     return "no error"
