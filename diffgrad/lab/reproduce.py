@@ -37,7 +37,15 @@ from diffgrad.lab.report.sections import (
 )
 from diffgrad.lab.report.stats import MeanCI, divergence_index, fmt_ci, mean_ci
 from diffgrad.lab.runner import StudyPlan, build_workload, open_storage, plan_compare, plan_study, run_studies
-from diffgrad.lab.storage import RunRecord, artifact, default_storage_url, load_records, redact_url
+from diffgrad.lab.storage import (
+    RunRecord,
+    StudyInfo,
+    artifact,
+    default_storage_url,
+    load_records,
+    load_study_infos,
+    redact_url,
+)
 from diffgrad.lab.trajectories import STANDARD, stored_trajectory
 from diffgrad.lab.workloads.analytic import FUNCTIONS
 
@@ -68,15 +76,20 @@ FAIR_TAG = "fair"
 # diffGrad, and with Adam as the anchor the follow-up papers also report.
 FAMILY_OPTIMIZERS = ("diffgrad-rect", "diffgrad-norm", "diffgrad-inject", "diffgrad-cautious", "diffgrad-gc")
 FAMILY_TAG = "family"
-# The loss-scale experiment: Adam and diffGrad at the learning rate the fair comparison tuned, with the
-# training loss multiplied by each scale.
-SCALE_OPTIMIZERS = ("adam", "diffgrad", "diffgrad-rms")
+# The loss-scale experiment: Adam, diffGrad and diffgrad-rms at the learning rate the fair comparison
+# tuned, with the training loss multiplied by each scale; what section 8 claims of each one's test
+# metric and mean ξ: "changes" or "invariant".
+SCALE_EXPECTATIONS = {
+    "adam": ("invariant", None),
+    "diffgrad": ("changes", "changes"),
+    "diffgrad-rms": ("invariant", "invariant"),
+}
+SCALE_OPTIMIZERS = tuple(SCALE_EXPECTATIONS)
 LOSS_SCALES = (0.01, 1.0, 100.0)
 SCALE_TAG = "loss-scale"
 # The scale-free friction (docs/paper.md §10) against diffGrad and its controls, tuned.
 SCALE_FREE_OPTIMIZERS = ("diffgrad", "diffgrad-rms", "diffgrad-rms-slope", "adam", "adam-half-lr", "adabelief")
 SCALE_FREE_TAG = "scale-free"
-FRICTION_RUNS = ("diffgrad", "diffgrad-rms", "diffgrad-rms-slope")  # whose ξ section 9 draws
 
 # Tolerances the deterministic claims state (docs/paper.md §5 gives the minima to 4 decimals).
 ONE_D_TOLERANCE = 0.01  # |θ − minimum| that counts as "at" the minimum; also the settling motion
@@ -102,10 +115,12 @@ class Scale:
     fair_steps: int | None
     family_workloads: tuple[str, ...]  # the family runs with the fair comparison's budget, seeds and steps
     scale_free_workloads: tuple[str, ...]  # the scale-free friction's tuned comparison (section 9)
-    scale_workloads: tuple[
-        str, ...
-    ]  # in fair_workloads and scale_free_workloads: the loss-scale runs use their tuned lr
     notes: tuple[str, ...] = field(default=())
+
+    @property
+    def scale_workloads(self) -> tuple[str, ...]:
+        """The loss-scale runs' workloads: those of both tuned comparisons, whose learning rates they use."""
+        return tuple(w for w in self.fair_workloads if w in self.scale_free_workloads)
 
 
 FULL = Scale(
@@ -121,7 +136,6 @@ FULL = Scale(
     fair_steps=None,
     family_workloads=OFFLINE_WORKLOADS,
     scale_free_workloads=(*OFFLINE_WORKLOADS, "charlm"),
-    scale_workloads=OFFLINE_WORKLOADS,
     notes=(
         "Only section 9 runs the `charlm` workload: at about 30 s a run on one CPU core, 13 optimizers × 21 runs "
         "would take over two hours; `diffgrad compare --workload charlm` runs any optimizer on it.",
@@ -140,7 +154,6 @@ QUICK = Scale(
     fair_steps=120,
     family_workloads=("mnist1d-mlp",),
     scale_free_workloads=("mnist1d-mlp",),
-    scale_workloads=("mnist1d-mlp",),
     notes=(
         "This is the `--quick` run: 120 training steps per run, one seed for the paper protocol, "
         "3 tuning trials and 2 seeds for the tuned protocol, a regret horizon of 3,000, one stand-in "
@@ -191,17 +204,18 @@ def reproduce(
     # The loss-scale runs take the learning rates the fair comparison selected.
     run_studies(_scale_plans(scale, load_records(url)), rdb, device=device, progress=progress)
     records = load_records(url)
+    infos = load_study_infos(url)
 
     built = [
         one_d_section(plot_dir, rdb),
         regret_section(plot_dir, scale.regret_horizon, rdb),
-        table1_section(records, datasets, plot_dir, url),
+        table1_section(records, datasets, plot_dir, infos),
         variants_section(records, datasets),
         friction_section(records, datasets, plot_dir),
-        fair_section(url, plot_dir),
-        family_section(url, plot_dir),
+        fair_section(records, infos, plot_dir),
+        family_section(records, infos, plot_dir),
         scale_section(records, plot_dir),
-        scale_free_section(records, url, plot_dir),
+        scale_free_section(records, infos, plot_dir),
     ]
     claims = [c for b in built for c in b.claims]
     intro = _intro(scale, datasets, url, records)
@@ -571,7 +585,9 @@ def _batch_rankings(cells: dict[tuple[str, int], MeanCI], names: Sequence[str]) 
     return [Ranking(f"batch {bs}", {n: cells[(n, bs)] for n in names}, True) for bs in paper.BATCH_SIZES]
 
 
-def table1_section(records: Sequence[RunRecord], datasets: Sequence[PaperDataset], plot_dir: Path, url: str) -> Built:
+def table1_section(
+    records: Sequence[RunRecord], datasets: Sequence[PaperDataset], plot_dir: Path, infos: dict[str, StudyInfo]
+) -> Built:
     """Table I: every optimizer at batch sizes 32/64/128, next to the paper's values."""
     parts, found, headlines = [], [], []
     for ds in datasets:
@@ -598,7 +614,9 @@ def table1_section(records: Sequence[RunRecord], datasets: Sequence[PaperDataset
             )
             + "."
         )
-    curves = learning_curve_sections(Results.load(url, tag=_paper_tag(paper.BATCH_SIZES[-1])), plot_dir)
+    curves = learning_curve_sections(
+        Results.from_records(records, infos, tag=_paper_tag(paper.BATCH_SIZES[-1])), plot_dir
+    )
     text = (
         "The paper's protocol (docs/paper.md §6): lr 1e-3 for every optimizer, ×0.1 at 80 % of training, PyTorch "
         "defaults otherwise (SGDM momentum 0.9), batch sizes 32/64/128, top-1 accuracy on the test split. "
@@ -691,24 +709,23 @@ def _table3_claim(ds: PaperDataset, cells: dict[tuple[str, int], MeanCI]) -> Cla
 # ------------------------------------------------------------------------------------ friction
 
 
-def _friction_rows(label: str, runs: Sequence[RunRecord]) -> list[list[str]]:
-    """One table row per group: ξ's mean, 5–95 % range and share within 0.01 of ½, over a study's runs
-    (averaged over seeds and over the run's evaluations)."""
-    curves = friction_curves([r.friction for r in runs if r.friction])
+def _friction_rows(label: str, curves: dict[str, dict[str, list[float]]]) -> list[list[str]]:
+    """One table row per group: ξ's mean, 5–95 % range and share within 0.01 of ½, from a study's
+    :func:`~diffgrad.lab.diagnostics.friction_curves` (averaged over seeds, then over evaluations)."""
+
+    def average(values: list[float]) -> float:
+        return mean_ci(values).mean
+
     return [
         [
             label,
             group,
-            f"{_average(c['mean']):.4f}",
-            f"{_average(c['q05']):.4f} – {_average(c['q95']):.4f}",
-            f"{_average(c['near_half']):.1%}",
+            f"{average(c['mean']):.4f}",
+            f"{average(c['q05']):.4f} – {average(c['q95']):.4f}",
+            f"{average(c['near_half']):.1%}",
         ]
         for group, c in curves.items()
     ]
-
-
-def _average(values: Sequence[float]) -> float:
-    return sum(values) / len(values) if values else math.nan
 
 
 def friction_section(records: Sequence[RunRecord], datasets: Sequence[PaperDataset], plot_dir: Path) -> Built:
@@ -720,8 +737,8 @@ def friction_section(records: Sequence[RunRecord], datasets: Sequence[PaperDatas
             by_opt = {opt: _final_runs(records, ds.workload, opt, tag) for opt in ("diffgrad", *FRICTION_OPTIMIZERS)}
             curves = {opt: friction_curves([r.friction for r in runs if r.friction]) for opt, runs in by_opt.items()}
             curves = {opt: c for opt, c in curves.items() if c}
-            for opt, runs in by_opt.items():
-                rows += _friction_rows(f"{opt}, batch {bs}", runs)
+            for opt, c in curves.items():
+                rows += _friction_rows(f"{opt}, batch {bs}", c)
             for r in by_opt["diffgrad"]:
                 share = run_average(r.friction, "near_half")
                 if share is not None:
@@ -771,9 +788,11 @@ def _ranking(problem: Problem) -> Ranking:
     return Ranking(problem.workload, scores, problem.info is None or problem.info.higher_is_better)
 
 
-def _tuned_comparison(url: str, tag: str, plot_dir: Path) -> tuple[list[Ranking], list[Section]]:
+def _tuned_comparison(
+    records: Sequence[RunRecord], infos: dict[str, StudyInfo], tag: str, plot_dir: Path
+) -> tuple[list[Ranking], list[Section]]:
     """The rankings of the tuned studies tagged ``tag``, and their summary and performance-profile sections."""
-    results = Results.load(url, tag=tag)
+    results = Results.from_records(records, infos, tag=tag)
     rankings = [_ranking(p) for p in results.problems if p.finished]
     return rankings, summary_sections(results) + performance_profile_sections(results, plot_dir)
 
@@ -785,9 +804,9 @@ TUNED_PROTOCOL = (
 )
 
 
-def fair_section(url: str, plot_dir: Path) -> Built:
+def fair_section(records: Sequence[RunRecord], infos: dict[str, StudyInfo], plot_dir: Path) -> Built:
     """The tuned protocol across the offline workloads, with the performance profile."""
-    rankings, subsections = _tuned_comparison(url, FAIR_TAG, plot_dir)
+    rankings, subsections = _tuned_comparison(records, infos, FAIR_TAG, plot_dir)
     rankings = [r for r in rankings if "diffgrad" in r.scores]
     found = [_fair_claim(r) for r in rankings]
     headlines = [f"Tuned, {r.workload}: {r.standing('diffgrad')}." for r in rankings]
@@ -808,10 +827,10 @@ def _family_claims(ranking: Ranking) -> list[Claim]:
     ]
 
 
-def family_section(url: str, plot_dir: Path) -> Built:
+def family_section(records: Sequence[RunRecord], infos: dict[str, StudyInfo], plot_dir: Path) -> Built:
     """The diffGrad family (docs/paper.md §8) against plain diffGrad and Adam under the tuned protocol."""
     # performance_profile_sections gives its figure one fixed name: a folder of its own keeps section 6's.
-    rankings, subsections = _tuned_comparison(url, FAMILY_TAG, plot_dir / FAMILY_TAG)
+    rankings, subsections = _tuned_comparison(records, infos, FAMILY_TAG, plot_dir / FAMILY_TAG)
     rankings = [r for r in rankings if "diffgrad" in r.scores]
     rows, found, best = [], [], []
     for r in rankings:
@@ -861,14 +880,6 @@ def family_section(url: str, plot_dir: Path) -> Built:
 
 def _scale_runs(runs: Sequence[RunRecord], workload: str, optimizer: str, scale: float) -> list[RunRecord]:
     return [r for r in runs if r.workload == workload and r.optimizer == optimizer and r.loss_scale == scale]
-
-
-# What the loss-scale section claims of each optimizer's test metric and mean ξ: "changes" or "invariant".
-SCALE_EXPECTATIONS = {
-    "adam": ("invariant", None),
-    "diffgrad": ("changes", "changes"),
-    "diffgrad-rms": ("invariant", "invariant"),
-}
 
 
 def _scale_claim(expectation: str, statement: str, by_scale: dict[float, dict[int, float]], tolerance: float) -> Claim:
@@ -961,10 +972,10 @@ def scale_section(records: Sequence[RunRecord], plot_dir: Path) -> Built:
     return Built([Section("8. Sensitivity to the loss scale", text, images)], found, headlines)
 
 
-def scale_free_section(records: Sequence[RunRecord], url: str, plot_dir: Path) -> Built:
+def scale_free_section(records: Sequence[RunRecord], infos: dict[str, StudyInfo], plot_dir: Path) -> Built:
     """The scale-free friction (docs/paper.md §10) at its default and its tuned slope κ, against diffGrad,
     Adam, Adam at lr/2 and AdaBelief under the tuned protocol, with ξ over training."""
-    rankings, subsections = _tuned_comparison(url, SCALE_FREE_TAG, plot_dir / SCALE_FREE_TAG)
+    rankings, subsections = _tuned_comparison(records, infos, SCALE_FREE_TAG, plot_dir / SCALE_FREE_TAG)
     rankings = [r for r in rankings if "diffgrad-rms" in r.scores]
     rows, found, images, headlines = [], [], [], []
     for r in rankings:
@@ -980,9 +991,8 @@ def scale_free_section(records: Sequence[RunRecord], url: str, plot_dir: Path) -
             rows.append(
                 [r.workload, opt, r.rank(opt), fmt_ci(r.scores[opt]), fmt_ci(xi) if xi.n else "", ", ".join(slopes)]
             )
-        curves = {
-            o: friction_curves([run.friction for run in finals.get(o, []) if run.friction]) for o in FRICTION_RUNS
-        }
+        # The optimizers that recorded ξ (the DiffGrad ones).
+        curves = {o: friction_curves([run.friction for run in runs if run.friction]) for o, runs in finals.items()}
         curves = {o: c for o, c in curves.items() if c}
         if curves:
             path = plots.plot_friction(

@@ -401,7 +401,7 @@ def _open_study(plan: StudyPlan, storage: optuna.storages.RDBStorage) -> optuna.
     stored = study.user_attrs.get(INFO_KEY)
     if stored is not None:
         # A field added since the study was created reads as its default (the plan it then ran).
-        stored = {**_json(dataclasses.asdict(StudyInfo(**{k: v for k, v in stored.items() if k in wanted}))), **stored}
+        stored = _json(dataclasses.asdict(StudyInfo.from_attr(stored)))
         differs = sorted(k for k in wanted if k != "seeds" and stored.get(k) != wanted[k])
         if differs:
             changes = "; ".join(f"{k}: stored {stored.get(k)!r}, asked {wanted[k]!r}" for k in differs)

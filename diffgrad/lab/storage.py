@@ -47,6 +47,13 @@ class StudyInfo:
     hparams: dict[str, Any] = field(default_factory=dict)  # fixed hyper-parameters (search space on top)
     loss_scale: float = 1.0  # the factor on the differentiated loss (train.train)
 
+    @classmethod
+    def from_attr(cls, attr: dict[str, Any]) -> StudyInfo:
+        """From a study's stored attribute: a field added since it was written reads as its default,
+        one this version does not know is left out."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in attr.items() if k in names})
+
 
 @dataclass
 class RunRecord:
@@ -117,7 +124,7 @@ def load_study_infos(storage_url: str) -> dict[str, StudyInfo]:
     infos = {}
     for summary in optuna.get_all_study_summaries(storage):
         if INFO_KEY in summary.user_attrs:
-            infos[summary.study_name] = StudyInfo(**summary.user_attrs[INFO_KEY])
+            infos[summary.study_name] = StudyInfo.from_attr(summary.user_attrs[INFO_KEY])
     return infos
 
 

@@ -158,7 +158,7 @@ def train(
             loss_sum += loss_value
             losses_since_eval += 1
 
-            if step % budget.eval_every and step != budget.steps:
+            if not evaluated:
                 continue
             val = workload.evaluate(model, "val")
             if not math.isfinite(val.loss):

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import math
 import os
 import socket
 import tempfile
@@ -255,11 +254,6 @@ def _cis(rows: Iterable[dict[str, Any]], key: str, **match: Any) -> MeanCI:
     return mean_ci(r[key] for r in rows if all(r[k] == v for k, v in match.items()))
 
 
-def _mean(values: Iterable[float | None]) -> float:
-    finite = [v for v in values if v is not None]
-    return sum(finite) / len(finite) if finite else math.nan
-
-
 def _kib(nbytes: float) -> str:
     return f"{nbytes / 1024:,.1f} KiB"
 
@@ -284,9 +278,9 @@ def render(settings: WireSettings, results: dict[str, Any], seconds: float) -> s
         "(n−1) times the rank's input), means over the runs.",
         "",
     ]
-    exact = _mean(r["warmup_bytes_per_step"] for r in conv if r["arm"] == "exact diffGrad")
-    onebit = _mean(r["compressed_bytes_per_step"] for r in conv if r["arm"] == "1-bit diffGrad (ξ momentum)")
-    robust = _mean(r["bytes_per_step"] for r in rob if r["aggregation"] == "NNM + trimmed mean")
+    exact = mean_ci(r["warmup_bytes_per_step"] for r in conv if r["arm"] == "exact diffGrad").mean
+    onebit = mean_ci(r["compressed_bytes_per_step"] for r in conv if r["arm"] == "1-bit diffGrad (ξ momentum)").mean
+    robust = mean_ci(r["bytes_per_step"] for r in rob if r["aggregation"] == "NNM + trimmed mean").mean
     lines.append(
         format_table(
             ["exchange", "bytes per rank per step", "vs fp32 all-reduce"],
@@ -315,7 +309,7 @@ def render(settings: WireSettings, results: dict[str, Any], seconds: float) -> s
                 arm,
                 fmt_ci(_cis(conv, "val_loss", arm=arm)),
                 fmt_ci(_cis(conv, "test_accuracy", arm=arm)),
-                f"{_mean(r['seconds'] for r in conv if r['arm'] == arm):.1f}",
+                f"{mean_ci(r['seconds'] for r in conv if r['arm'] == arm).mean:.1f}",
             ]
         )
     lines.append(format_table(["optimizer", "final val loss", "test accuracy", "train s"], rows, "lrrr"))

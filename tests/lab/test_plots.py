@@ -83,6 +83,7 @@ def assert_legends_outside(fig: Figure) -> None:
 
 
 def test_every_registered_optimizer_has_its_own_fixed_colour() -> None:
+    assert [name for name in OPTIMIZERS if plots._normalise(name) not in plots._KNOWN_BY_KEY] == []
     colors = plots.optimizer_colors(OPTIMIZERS)
     assert len(set(colors.values())) == len(OPTIMIZERS)
     for name in OPTIMIZERS:

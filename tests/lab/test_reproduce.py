@@ -26,7 +26,6 @@ TINY = rp.Scale(
     fair_steps=4,
     family_workloads=("digits-cnn",),
     scale_free_workloads=("digits-cnn",),
-    scale_workloads=("digits-cnn",),
     notes=("tiny test scale",),
 )
 

@@ -61,6 +61,8 @@ _KNOWN_COLORS = {
     "adan": "#393b79",
     "adamp": "#0067a5",
     "lion": "#b3446c",
+    "diffgrad-rms": "#00a6a6",
+    "diffgrad-rms-slope": "#6a3d9a",
 }
 # Unknown names hash (crc32, stable across processes unlike hash()) into this palette, which shares
 # no colour with the known ones; past its end, further colours are generated.
@@ -394,18 +396,17 @@ def plot_panels(
     share_y: bool = False,
     columns: int | None = None,
     panel_size: tuple[float, float] = PANEL_SIZE,
-    max_series: int = MAX_SERIES,
 ) -> Path:
     """Draw ``panels`` side by side (``columns`` to a row, all by default) into one PNG at ``path``.
 
-    With more than ``max_series`` series (lines of one colour, else of one label) the panels are
+    With more than :data:`MAX_SERIES` series (lines of one colour, else of one label) the panels are
     repeated as blocks of small multiples, one per group of series (:func:`split_series`, led by the
     :data:`ANCHORS` present), each panel's copies on one pair of axes. Each block has its legend to
     the right of its first row. ``share_y`` puts every panel on one y axis (small multiples of one
     quantity). ``panel_size`` is in inches. Returns ``path``.
     """
     keys = (_series_key(line) for panel in panels for line in panel.lines)
-    groups = split_series(keys, anchors=_anchor_keys(), max_series=max_series)
+    groups = split_series(keys, anchors=_anchor_keys())
     grid = _Grid(len(groups), len(panels), min(columns or len(panels), len(panels)))
     fig, axes = _figure(grid, panels, title, panel_size, share_y)
     for block, group in enumerate(groups):
@@ -455,7 +456,6 @@ def plot_lines(
     logx: bool = False,
     logy: bool = False,
     reference_slope: float | None = None,
-    reference_label: str = "",
     hline: float | None = None,
     hline_label: str = "",
 ) -> Path:
@@ -463,8 +463,8 @@ def plot_lines(
 
     For quantities computed in memory, e.g. average regret R(T)/T against T on log axes.
     ``reference_slope`` (log-log axes only) adds a grey dashed power law of that slope, e.g. −0.5
-    for O(1/√T), through the curves' final values; ``reference_label`` names it in the legend
-    (default "slope −0.5"). ``hline`` draws a horizontal reference at that y, named ``hline_label``.
+    for O(1/√T), through the curves' final values, named by its slope in the legend. ``hline``
+    draws a horizontal reference at that y, named ``hline_label``.
     """
     colors = optimizer_colors(curves)
     lines = [Line(label, x, y, color=colors[label]) for label, (x, y) in sorted(curves.items())]
@@ -474,11 +474,13 @@ def plot_lines(
             raise ValueError("reference_slope is a power law: it needs logx=True and logy=True")
         symbol = xlabel if xlabel.isidentifier() else "x"
         slope = f"{reference_slope:g}".replace("-", "−")
-        name = reference_label or f"slope {slope}: $\\propto {symbol}^{{{reference_slope:g}}}$"
+        name = f"slope {slope}: $\\propto {symbol}^{{{reference_slope:g}}}$"
         reference = _power_law(curves.values(), reference_slope, name)
         background += [reference] if reference is not None else []
-    panel = Panel(lines, xlabel, ylabel, logx=logx, logy=logy, hline=hline, hline_label=hline_label)
-    return plot_panels([replace(panel, background=background)], path, title=title)
+    panel = Panel(
+        lines, xlabel, ylabel, logx=logx, logy=logy, hline=hline, hline_label=hline_label, background=background
+    )
+    return plot_panels([panel], path, title=title)
 
 
 def plot_learning_curves(
@@ -629,16 +631,15 @@ def plot_scale_sensitivity(
     title: str,
     metric_name: str,
     xi: Mapping[str, ScaleStats] | None = None,
-    colors: Mapping[str, str] | None = None,
 ) -> Path:
     """How an optimizer's outcome depends on the scale s by which the loss is multiplied.
 
     ``results = {optimizer: {"scale": [0.01, 1, 100], "mean": [...], "lo": [...], "hi": [...]}}``: the
     final ``metric_name`` (mean, with its 95 % confidence interval ``lo``–``hi`` as error bars) at each
     scale, on a log s axis. ``xi`` (same layout, ``lo``/``hi`` optional) adds a panel of mean ξ
-    against s with the reference ξ = 0.5. Colours are the optimizers' unless ``colors`` maps them.
+    against s with the reference ξ = 0.5, each optimizer in its colour.
     """
-    palette = {**optimizer_colors([*results, *(xi or {})]), **(colors or {})}
+    palette = optimizer_colors([*results, *(xi or {})])
     panels = [Panel(_scale_lines(results, palette), "loss scale s", f"final {metric_name}", logx=True)]
     if xi is not None:
         panels.append(
