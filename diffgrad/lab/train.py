@@ -13,7 +13,7 @@ are.
 
 Timing follows AlgoPerf: ``wall_time`` and ``time_to_target`` count training time only (batches,
 forward, backward, optimizer step), not the evaluations, whose cost does not depend on the
-optimizer; ``total_wall_time`` is the whole run, evaluations included.
+optimizer, nor the recording of ξ; ``total_wall_time`` is the whole run, evaluations included.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,7 +151,17 @@ def train(
                 break
             (loss * loss_scale if loss_scale != 1.0 else loss).backward()
             evaluated = step % budget.eval_every == 0 or step == budget.steps
-            with record_friction(optimizer) if probe_friction and evaluated else nullcontext() as xi:
+            xi = None
+            if probe_friction and evaluated:
+                # The probe's own work (a copy of g_{t−1} before the step, ξ after it) is not
+                # training: only the step inside it counts.
+                train_time += time.perf_counter() - tick
+                with record_friction(optimizer) as xi:
+                    tick = time.perf_counter()
+                    optimizer.step()
+                    train_time += time.perf_counter() - tick
+                tick = time.perf_counter()
+            else:
                 optimizer.step()
             scheduler.step()
             train_time += time.perf_counter() - tick

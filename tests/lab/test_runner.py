@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -121,6 +122,29 @@ def test_steps_and_time_to_target_come_from_the_first_validation_that_reaches_it
     assert reached, "the tiny problem should be solved within the budget"
     assert result.steps_to_target == reached[0]
     assert result.time_to_target == result.wall_time[result.steps.index(reached[0])]
+
+
+def test_recording_the_friction_is_not_training_time(monkeypatch):
+    """ξ is recorded at evaluation steps, for diffGrad only: that work counts in total_wall_time,
+    not in the training time that wall_time and time_to_target compare across optimizers."""
+    from diffgrad.lab import train as train_module
+
+    record = train_module.record_friction
+
+    @contextlib.contextmanager
+    def slow_record(optimizer):
+        time.sleep(0.25)
+        with record(optimizer) as xi:
+            yield xi
+        time.sleep(0.25)
+
+    monkeypatch.setattr(train_module, "record_friction", slow_record)
+    result = train(
+        TinyWorkload(), "diffgrad", {"lr": 1e-2}, seed=3, budget=Budget(steps=20, batch_size=16, eval_every=8)
+    )
+    assert len(result.friction) == 3  # three evaluations, each with its ξ
+    assert result.total_wall_time >= 6 * 0.25
+    assert result.wall_time[-1] < 0.25, result.wall_time
 
 
 def test_test_split_is_evaluated_only_when_asked():
