@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from diffgrad.optim.compat import foreach_sigmoid_, std_mean
+
 __all__ = [
     "DFC_RMS_SLOPE",
     "FRICTIONS",
@@ -132,7 +134,7 @@ def abs_grad_stats(grad: Tensor) -> tuple[Tensor, Tensor]:
     if magnitude.numel() == 0:
         zero = magnitude.new_zeros(())
         return zero, zero
-    nu, mu = torch.std_mean(magnitude, correction=0)
+    nu, mu = std_mean(magnitude, correction=0)
     return mu, nu
 
 
@@ -158,7 +160,7 @@ def friction_(
         torch._foreach_sub_(deltas, list(mus))
     elif friction.slope != 1.0:
         torch._foreach_mul_(deltas, friction.slope)
-    torch._foreach_sigmoid_(deltas)
+    foreach_sigmoid_(deltas)
     if friction.scale != 1.0 or friction.shift != 0.0:
         torch._foreach_mul_(deltas, friction.scale)
         torch._foreach_add_(deltas, friction.shift)

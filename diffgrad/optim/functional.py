@@ -38,6 +38,7 @@ from torch.optim.optimizer import Optimizer, _get_value
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from diffgrad.optim import fused as fused_kernel
+from diffgrad.optim.compat import foreach_copy_
 from diffgrad.optim.friction import Friction, friction_
 from diffgrad.optim.modifiers import (
     Modifiers,
@@ -283,7 +284,7 @@ def _multi_tensor_diffgrad(
             param_changes = torch._foreach_sub(device_previous_params, device_params)
             scales = [adainject_scale(step, modifiers.adainject_k) for step in steps]
             first = [injected(s, change, scale) for s, change, scale in zip(first, param_changes, scales)]
-            _foreach_copy_(device_previous_params, device_params)
+            foreach_copy_(device_previous_params, device_params)
         if weight_decay != 0 and decoupled_weight_decay:
             torch._foreach_mul_(device_params, 1 - lr * weight_decay)
 
@@ -301,7 +302,7 @@ def _multi_tensor_diffgrad(
         torch._foreach_add_(denoms, eps)
 
         xis = friction_(friction, torch._foreach_sub(device_previous_grads, grad), grad, denoms)  # Eq. 17–19
-        _foreach_copy_(device_previous_grads, grad)
+        foreach_copy_(device_previous_grads, grad)
 
         updates = xis
         torch._foreach_mul_(updates, device_exp_avgs)
@@ -327,15 +328,6 @@ def _step_value(step_t: Tensor) -> float | Tensor:
     """t as a Python float; under ``torch.compile``, where reading it would break the graph, as a
     float64 0-dim tensor, so that β^t is as exact as with the float."""
     return step_t.to(torch.float64) if torch.compiler.is_compiling() else step_t.item()
-
-
-def _foreach_copy_(targets: list[Tensor], sources: list[Tensor] | tuple[Tensor, ...]) -> None:
-    # DTensor (FSDP2) has no sharding rule for aten._foreach_copy_ (torch 2.13): copy one by one.
-    if any(is_traceable_wrapper_subclass(t) for t in targets):
-        for target, source in zip(targets, sources):
-            target.copy_(source)
-    else:
-        torch._foreach_copy_(targets, sources)
 
 
 def _stepped_unpacked(impl: Any, state: _State, hyper: dict[str, Any]) -> None:

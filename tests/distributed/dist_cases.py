@@ -367,34 +367,47 @@ def fsdp_task(cases: list[tuple[str, str]]) -> dict[Any, Any]:
     return {(impl, options): guarded(lambda: _fsdp_case(impl, options)) for impl, options in cases}  # noqa: B023 (called at once)
 
 
+# How friction_on_shards_task computes: with torch's operations, and with the stand-ins of
+# diffgrad.optim.compat that older torch versions take.
+FRICTION_MODES = ("torch", "stand-in")
+
+
 def friction_on_shards_task(shapes: list[tuple[int, ...]], names: list[str]) -> dict[Any, Any]:
-    """ξ and (μ, ν) computed on dim-0 shards (DTensor), gathered whole, for the parent to compare."""
+    """ξ and (μ, ν) computed on dim-0 shards (DTensor), gathered whole, for the parent to compare:
+    under ``"torch"`` with the torch operations this torch version allows, under ``"stand-in"``
+    with :mod:`diffgrad.optim.compat`'s stand-ins for older versions forced on."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Shard, distribute_tensor
 
+    from diffgrad.optim import compat
     from diffgrad.optim.friction import abs_grad_stats, friction_, get_friction
 
     mesh = init_device_mesh("cpu", (dist.get_world_size(),))
     grads, prevs = friction_inputs(shapes)
-    out: dict[Any, Any] = {}
     dgrads = [distribute_tensor(g, mesh, [Shard(0)]) for g in grads]
-    out["local_shapes"] = [tuple(g.to_local().shape) for g in dgrads]
-    out["stats"] = guarded(lambda: [tuple(full(s).item() for s in abs_grad_stats(g)) for g in dgrads])
-    for name in names:
-        friction = get_friction(name)
+    out: dict[Any, Any] = {"local_shapes": [tuple(g.to_local().shape) for g in dgrads]}
+    decomposes = compat._DTENSOR_DECOMPOSES
+    for mode in FRICTION_MODES:
+        compat._DTENSOR_DECOMPOSES = decomposes and mode == "torch"
+        results: dict[Any, Any] = {}
+        results["stats"] = guarded(lambda: [tuple(full(s).item() for s in abs_grad_stats(g)) for g in dgrads])
+        for name in names:
+            friction = get_friction(name)
 
-        def per_tensor() -> list[Tensor]:
-            return [
-                full(friction_(friction, [distribute_tensor(p - g, mesh, [Shard(0)])], [dg])[0])  # noqa: B023 (called at once)
-                for p, g, dg in zip(prevs, grads, dgrads)
-            ]
+            def per_tensor() -> list[Tensor]:
+                return [
+                    full(friction_(friction, [distribute_tensor(p - g, mesh, [Shard(0)])], [dg])[0])  # noqa: B023 (called at once)
+                    for p, g, dg in zip(prevs, grads, dgrads)
+                ]
 
-        def foreach() -> list[Tensor]:
-            deltas = [distribute_tensor(p - g, mesh, [Shard(0)]) for p, g in zip(prevs, grads)]
-            return [full(xi) for xi in friction_(friction, deltas, dgrads)]  # noqa: B023 (called at once)
+            def foreach() -> list[Tensor]:
+                deltas = [distribute_tensor(p - g, mesh, [Shard(0)]) for p, g in zip(prevs, grads)]
+                return [full(xi) for xi in friction_(friction, deltas, dgrads)]  # noqa: B023 (called at once)
 
-        out[(name, "per_tensor")] = guarded(per_tensor)
-        out[(name, "foreach")] = guarded(foreach)
+            results[(name, "per_tensor")] = guarded(per_tensor)
+            results[(name, "foreach")] = guarded(foreach)
+        out[mode] = results
+    compat._DTENSOR_DECOMPOSES = decomposes
     return out
 
 

@@ -14,6 +14,7 @@ import torch
 
 from diffgrad.optim.friction import abs_grad_stats, friction_, get_friction
 from dist_cases import (
+    FRICTION_MODES,
     IMPLEMENTATIONS,
     assert_same_run,
     friction_inputs,
@@ -70,28 +71,32 @@ def test_fsdp2_equals_one_unsharded_process(fsdp_results, impl: str, options: st
         assert_same_run(result, expected, kind="FSDP2 2 ranks vs 1 process", rtol=RTOL, atol=ATOL)
 
 
-def test_statistics_of_uneven_shards_are_those_of_the_whole_tensor(friction_results) -> None:
-    """μ, ν of |g| (DFC3–DFC5) from a DTensor: DTensor's std_mean reduces over all shards."""
+@pytest.mark.parametrize("mode", FRICTION_MODES)
+def test_statistics_of_uneven_shards_are_those_of_the_whole_tensor(friction_results, mode: str) -> None:
+    """μ, ν of |g| (DFC3–DFC5) from a DTensor: DTensor's std_mean (or std and mean) reduces over all shards."""
     assert friction_results[0]["local_shapes"] == [(3, 3), (4,), (1, 3), (2, 5), (1,)]
     assert friction_results[1]["local_shapes"] == [(2, 3), (3,), (0, 3), (1, 5), (0,)]
     grads, _ = friction_inputs(FRICTION_SHAPES)
     for result in friction_results:
-        unwrap(result["stats"], "abs_grad_stats")
-        for (mu, nu), g in zip(result["stats"], grads):
+        stats = unwrap(result[mode]["stats"], "abs_grad_stats")
+        for (mu, nu), g in zip(stats, grads):
             want_mu, want_nu = (s.item() for s in abs_grad_stats(g))
             assert mu == pytest.approx(want_mu, rel=1e-13, abs=1e-15)
             assert nu == pytest.approx(want_nu, rel=1e-12, abs=1e-14)
             # … and they differ from the statistics of rank 0's shard (the test can tell).
     shard_mu, _shard_nu = abs_grad_stats(grads[0][:3])
-    assert abs(shard_mu.item() - friction_results[0]["stats"][0][0]) > 1e-3
+    assert abs(shard_mu.item() - friction_results[0][mode]["stats"][0][0]) > 1e-3
 
 
+@pytest.mark.parametrize("mode", FRICTION_MODES)
 @pytest.mark.parametrize("path", ["per_tensor", "foreach"])
 @pytest.mark.parametrize("name", FRICTION_NAMES)
-def test_friction_on_uneven_shards_equals_the_unsharded_value(friction_results, name: str, path: str) -> None:
+def test_friction_on_uneven_shards_equals_the_unsharded_value(
+    friction_results, name: str, path: str, mode: str
+) -> None:
     grads, prevs = friction_inputs(FRICTION_SHAPES)
     for result in friction_results:
-        xis = unwrap(result[(name, path)], f"{path} friction {name}")
+        xis = unwrap(result[mode][(name, path)], f"{path} friction {name} ({mode})")
         for xi, g, prev in zip(xis, grads, prevs):
             (unsharded,) = friction_(get_friction(name), [prev - g], [g])
             torch.testing.assert_close(xi, unsharded, rtol=1e-13, atol=1e-15)

@@ -193,8 +193,11 @@ for capability in (80, 90):
         signature = {"addresses": "*i64", "coefficients": "*fp64", "tensor_scalars": "*" + scalars, "counts": "*i64",
                      "chunk_tensors": "*i32", "chunk_starts": "*i64", "n_tensors": "i32",
                      **{name: "constexpr" for name in constants}}
-        source = ASTSource(fn=kernel, signature=signature,
-                           constexprs={(names.index(name),): value for name, value in constants.items()})
+        if "constexprs" in inspect.signature(ASTSource).parameters:
+            source = ASTSource(fn=kernel, signature=signature,
+                               constexprs={(names.index(name),): value for name, value in constants.items()})
+        else:  # Triton 3.2
+            source = ASTSource(fn=kernel, signature=signature, constants=constants)
         compiled = triton.compile(source, target=GPUTarget("cuda", capability, 32))
         assert compiled.asm["cubin"], (capability, case)
 print("compiled", 2 * len(cases))
