@@ -289,7 +289,10 @@ def _launch(
     n = len(tables.numels)
     scalars = torch.tensor([coefficients[name] for name in _COEFFICIENTS], dtype=torch.float64)
     tables.host[_ROWS * n :] = scalars.view(torch.int64)
-    upload = tables.host.to(device)
+    # From pageable memory, torch's upload waits until the stream has run everything queued on it
+    # (the backward pass); from a pinned copy it is asynchronous, and torch keeps that copy until
+    # the upload has run.
+    upload = tables.host.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else tables.host
     chunk_tensors, chunk_starts = _chunks(device, tables.numels)
     param, grad, exp_avg, exp_avg_sq, previous_grad, max_exp_avg_sq, previous_param = tables.dtypes
     assert param is not None and grad is not None and exp_avg is not None
