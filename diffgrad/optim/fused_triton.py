@@ -193,7 +193,7 @@ def _diffgrad_kernel(
         change = tl.abs(change)
     if RELATIVE:
         change = _div(change, root_eps, COMPUTE)
-    xi = scale / (1.0 + tl.exp(offset - change * slope)) + shift  # Eq. 18–19
+    xi = _div(scale, 1.0 + tl.exp(offset - change * slope), COMPUTE) + shift  # Eq. 18–19
     update = (_div(xi, root_eps, COMPUTE) * step_size + momentum_step) * m
     if CAUTIOUS:
         agrees = update * g > 0.0

@@ -165,7 +165,7 @@ def test_without_triton_fused_on_cuda_names_what_is_missing(monkeypatch: pytest.
 # needs no GPU: the compiled code path that the interpreter does not take. Every constexpr
 # option appears on and off, and every dtype the kernel reads.
 _COMPILE_FOR_GPU = """
-import inspect, sys
+import inspect, re, sys
 import triton, triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
@@ -200,6 +200,9 @@ for capability in (80, 90):
             source = ASTSource(fn=kernel, signature=signature, constants=constants)
         compiled = triton.compile(source, target=GPUTarget("cuda", capability, 32))
         assert compiled.asm["cubin"], (capability, case)
+        # In float32, every division and square root is the correctly rounded one, as torch's.
+        approximate = re.findall(r"(?:div\\.full|div\\.approx|sqrt\\.approx|rcp\\.approx)\\.f32", compiled.asm["ptx"])
+        assert constants["COMPUTE"] != tl.float32 or not approximate, (capability, case, approximate)
 print("compiled", 2 * len(cases))
 """
 
