@@ -253,13 +253,12 @@ def _slope_factor(step: float, beta2: float, friction: Friction) -> float:
 
 class _Tables(NamedTuple):
     """A launch's tensors as the kernel finds them: the host address table (``_ROWS`` rows of
-    ``n`` entries, then room for the coefficients), the element counts, and the arrays' dtypes."""
+    ``n`` entries, then room for the coefficients), the element counts, and the arrays' dtypes
+    (param, grad, exp_avg, exp_avg_sq, previous_grad, max_exp_avg_sq, previous_param)."""
 
     host: Tensor
     numels: tuple[int, ...]
-    dtypes: tuple[
-        torch.dtype | None, ...
-    ]  # param, grad, exp_avg, exp_avg_sq, previous_grad, max_exp_avg_sq, previous_param
+    dtypes: tuple[torch.dtype | None, ...]
     compute: torch.dtype
 
 
@@ -434,25 +433,15 @@ def fused_diffgrad_triton(
             return
 
     # One launch per device, parameter dtype, gradient dtype, state dtypes and step count t.
-    groups: dict[tuple[object, ...], tuple[float, list[int]]] = {}
+    groups: dict[tuple[float, tuple[object, ...]], list[int]] = {}
     for i, (param, step_t) in enumerate(zip(params, state_steps)):
         if param.numel() == 0:
             continue
-        step = step_t.item()
         v_max = max_exp_avg_sqs[i].dtype if amsgrad else None
-        key = (
-            param.device,
-            param.dtype,
-            grads[i].dtype,
-            exp_avgs[i].dtype,
-            exp_avg_sqs[i].dtype,
-            previous_grads[i].dtype,
-            v_max,
-            step,
-        )
-        groups.setdefault(key, (step, []))[1].append(i)
+        dtypes = (param.dtype, grads[i].dtype, exp_avgs[i].dtype, exp_avg_sqs[i].dtype, previous_grads[i].dtype, v_max)
+        groups.setdefault((step_t.item(), (param.device, *dtypes)), []).append(i)
 
-    for step, indices in groups.values():
+    for (step, _), indices in groups.items():
         scalars = coefficients(step, grad_factor=1.0 if whole_tensor else grad_factor)
         write_back: list[tuple[Tensor, Tensor]] = []
         arrays: list[list[Tensor | None]] = []

@@ -14,6 +14,7 @@ import os
 import traceback
 from collections.abc import Callable, Iterable
 from typing import Any
+from unittest import mock
 
 import torch
 import torch.distributed as dist
@@ -380,35 +381,43 @@ def friction_on_shards_task(shapes: list[tuple[int, ...]], names: list[str]) -> 
     from torch.distributed.tensor import Shard, distribute_tensor
 
     from diffgrad.optim import compat
-    from diffgrad.optim.friction import abs_grad_stats, friction_, get_friction
 
     mesh = init_device_mesh("cpu", (dist.get_world_size(),))
     grads, prevs = friction_inputs(shapes)
     dgrads = [distribute_tensor(g, mesh, [Shard(0)]) for g in grads]
     out: dict[Any, Any] = {"local_shapes": [tuple(g.to_local().shape) for g in dgrads]}
-    decomposes = compat._DTENSOR_DECOMPOSES
     for mode in FRICTION_MODES:
-        compat._DTENSOR_DECOMPOSES = decomposes and mode == "torch"
-        results: dict[Any, Any] = {}
-        results["stats"] = guarded(lambda: [tuple(full(s).item() for s in abs_grad_stats(g)) for g in dgrads])
-        for name in names:
-            friction = get_friction(name)
-
-            def per_tensor() -> list[Tensor]:
-                return [
-                    full(friction_(friction, [distribute_tensor(p - g, mesh, [Shard(0)])], [dg])[0])  # noqa: B023 (called at once)
-                    for p, g, dg in zip(prevs, grads, dgrads)
-                ]
-
-            def foreach() -> list[Tensor]:
-                deltas = [distribute_tensor(p - g, mesh, [Shard(0)]) for p, g in zip(prevs, grads)]
-                return [full(xi) for xi in friction_(friction, deltas, dgrads)]  # noqa: B023 (called at once)
-
-            results[(name, "per_tensor")] = guarded(per_tensor)
-            results[(name, "foreach")] = guarded(foreach)
-        out[mode] = results
-    compat._DTENSOR_DECOMPOSES = decomposes
+        decomposes = compat._DTENSOR_DECOMPOSES and mode == "torch"
+        with mock.patch.object(compat, "_DTENSOR_DECOMPOSES", decomposes):
+            out[mode] = _frictions_on_shards(mesh, names, grads, prevs, dgrads)
     return out
+
+
+def _frictions_on_shards(
+    mesh: Any, names: list[str], grads: list[Tensor], prevs: list[Tensor], dgrads: list[Tensor]
+) -> dict[Any, Any]:
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    from diffgrad.optim.friction import abs_grad_stats, friction_, get_friction
+
+    results: dict[Any, Any] = {}
+    results["stats"] = guarded(lambda: [tuple(full(s).item() for s in abs_grad_stats(g)) for g in dgrads])
+    for name in names:
+        friction = get_friction(name)
+
+        def per_tensor() -> list[Tensor]:
+            return [
+                full(friction_(friction, [distribute_tensor(p - g, mesh, [Shard(0)])], [dg])[0])  # noqa: B023 (called at once)
+                for p, g, dg in zip(prevs, grads, dgrads)
+            ]
+
+        def foreach() -> list[Tensor]:
+            deltas = [distribute_tensor(p - g, mesh, [Shard(0)]) for p, g in zip(prevs, grads)]
+            return [full(xi) for xi in friction_(friction, deltas, dgrads)]  # noqa: B023 (called at once)
+
+        results[(name, "per_tensor")] = guarded(per_tensor)
+        results[(name, "foreach")] = guarded(foreach)
+    return results
 
 
 def friction_inputs(shapes: list[tuple[int, ...]]) -> tuple[list[Tensor], list[Tensor]]:
